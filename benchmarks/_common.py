@@ -30,6 +30,9 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # 1/5/15-minute load averages when the file was written: other jobs on a shared machine
+        # inflate wall times (not memory), so every result says how loaded the machine was.
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         with open("/proc/cpuinfo") as f:
