@@ -99,6 +99,7 @@ def worker(a, mode: str, k: int) -> dict:
     from ncakit.data import KResponseCollator
     from ncakit.losses import nca
     from ncakit.refcache import batch_logps, install_logprob_head
+    from ncakit.train import enable_checkpointing
 
     smoke = a.cpu_smoke
     device = torch.device("cpu" if smoke else "cuda")
@@ -132,7 +133,7 @@ def worker(a, mode: str, k: int) -> dict:
     install_logprob_head(model)
     gc = not a.no_gradient_checkpointing
     if gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model, {"use_reentrant": False})
     n_lora = 0
     if mode == "lora":
         from peft import LoraConfig, get_peft_model

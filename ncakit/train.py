@@ -248,7 +248,7 @@ def load_model(cfg: TrainConfig, accelerator, kit=None):
                 gradient_checkpointing_kwargs=gc_kwargs,
             )
         elif cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+            enable_checkpointing(model, gc_kwargs)
         lora = LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
@@ -260,8 +260,16 @@ def load_model(cfg: TrainConfig, accelerator, kit=None):
             torch.manual_seed(cfg.seed)
             model = get_peft_model(model, lora)
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        enable_checkpointing(model, gc_kwargs)
     return model
+
+
+def enable_checkpointing(model, kwargs: dict | None = None) -> None:
+    """Activation (gradient) checkpointing under its transformers 5 name, or the older one."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

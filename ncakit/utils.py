@@ -1,4 +1,5 @@
-"""Small helpers shared by every track: seeding (once, near the top of a script or notebook)."""
+"""Small helpers shared by every track: seeding (once, near the top of a script or notebook) and
+plain numbers for printing."""
 
 from __future__ import annotations
 
@@ -25,3 +26,16 @@ def seed_everything(seed: int = 0, *, deterministic: bool = False) -> torch.Gene
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.Generator().manual_seed(seed)
+
+
+def rounded(x, digits: int = 3):
+    """Plain Python floats (or nested lists of them) for printing: rounded, -0.0 shown as 0.0.
+
+    Notebook cells that nbval checks compare printed text, so a tensor's repr (dtype, device,
+    ``grad_fn``) or a ``-0.0`` would make the same result look different between runs.
+
+    >>> rounded(torch.tensor([0.12345, -0.0001]))
+    [0.123, 0.0]
+    """
+    x = x.detach().cpu() if torch.is_tensor(x) else x
+    return (np.round(np.asarray(x, dtype=float), digits) + 0.0).tolist()

@@ -145,3 +145,13 @@ def test_live_controls_call_draw_with_the_slider_values():
         plots.live_controls(lambda **kw: None, alpha=0.25)
     with pytest.raises(ValueError, match="tuples_per_prompt"):
         plots.live_controls(lambda **kw: None, tuples_per_prompt=0)
+
+
+def test_notebook_style_sets_the_tutorials_defaults():
+    with matplotlib.rc_context():  # leave the session's rcParams as they were
+        plots.notebook_style(font_size=12, figsize=(8, 3))
+        rc = plt.rcParams
+        assert (rc["font.size"], rc["axes.titlesize"], rc["legend.fontsize"]) == (12, 13, 11)
+        assert tuple(rc["figure.figsize"]) == (8, 3) and rc["axes.grid"]
+    with pytest.raises(ValueError, match="font_size"):
+        plots.notebook_style(font_size=0)

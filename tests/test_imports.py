@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("transformers", "datasets", "accelerate", "peft", "tokenizers", "trl", "matplotlib")
 
 
@@ -34,10 +36,21 @@ def test_losses_module_imports_only_torch():
     assert mods - {"torch", "__future__", "math", "collections", "dataclasses", "typing"} == set(), mods
 
 
-def test_losses_docstring_example_runs():
+@pytest.mark.parametrize("module", ["ncakit.losses", "ncakit.utils"])
+def test_docstring_examples_run(module):
     import doctest
+    import importlib
 
-    import ncakit.losses
-
-    result = doctest.testmod(ncakit.losses, verbose=False)
+    result = doctest.testmod(importlib.import_module(module), verbose=False)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_rounded_gives_plain_floats_and_no_negative_zero():
+    import torch
+
+    from ncakit.utils import rounded
+
+    got = rounded(torch.tensor([[1.23456, -0.0004], [2.0, -1.5]], requires_grad=True), digits=2)
+    assert got == [[1.23, 0.0], [2.0, -1.5]]
+    assert all(type(v) is float for row in got for v in row)
+    assert str(rounded(-0.0)) == "0.0"  # -0.0 rounds to +0.0: printed cells must not flip sign

@@ -523,3 +523,23 @@ def test_frozen_reference_copy_and_precompute_only(small_kit, tmp_path, batch4_r
         not (tmp_path / "only" / "metrics.jsonl").exists()
         or not (tmp_path / "only" / "metrics.jsonl").read_text()
     )
+
+
+def test_enable_checkpointing_turns_it_on_and_keeps_the_gradients():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    ids = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpoint in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).train()
+        if checkpoint:
+            trainmod.enable_checkpointing(model, {"use_reentrant": False})
+        on = getattr(model, "is_activation_checkpointing", None)
+        assert (on if on is not None else model.is_gradient_checkpointing) is checkpoint
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    # recomputing activations in the backward pass changes memory, not the gradient
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)

@@ -47,7 +47,7 @@ from ncakit import bandit, plots
 
 ncakit.seed_everything(0)  # seed once (each bandit seed also draws from its own generator)
 torch.set_num_threads(1)  # the bandit's tensors are tiny: one thread is the fastest
-plt.rcParams.update({"font.size": 14, "axes.titlesize": 15, "axes.labelsize": 14, "legend.fontsize": 13})
+plots.notebook_style(font_size=14, figsize=None)  # readable fonts and a light grid (ncakit.plots)
 
 SEEDS = range(8)  # every experiment runs on 8 independent bandits (data, μ and reward differ)
 classic = bandit.get_preset("classic")  # the three settings of this notebook (toy/demo.py's default)

@@ -40,30 +40,16 @@ import torch
 import torch.nn.functional as F
 
 import ncakit
+from ncakit import plots
 from ncakit.losses import dpo, get_loss, infonca, label_smoothed_dpo, nca, nca_pair, soft_labels
 from ncakit.plots import LOSS_COLORS  # one colour per loss across the whole project
+from ncakit.utils import rounded  # plain floats for printing (checked cells compare text)
 
 gen = ncakit.seed_everything(0)  # seed once; `gen` feeds every random tensor below
 torch.set_default_dtype(torch.float64)  # float64: the identities below then hold to ~1e-15
 torch.set_num_threads(1)  # every tensor here is tiny: extra threads would only add overhead
 
-plt.rcParams.update(
-    {
-        "figure.figsize": (10, 4),
-        "font.size": 13,
-        "axes.titlesize": 14,
-        "axes.labelsize": 13,
-        "legend.fontsize": 12,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-    }
-)
-
-
-def rounded(x, digits=3):
-    """Plain floats for printing: rounded, and -0.0 shown as 0.0 (checked cells compare text)."""
-    x = x.detach() if torch.is_tensor(x) else x
-    return (np.round(np.asarray(x, dtype=float), digits) + 0.0).tolist()
+plots.notebook_style()  # readable fonts, a light grid, wide figures (ncakit.plots)
 
 
 # The running example: one prompt, K = 4 responses with GPT-4-style scores (1-10), best first.

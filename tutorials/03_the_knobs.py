@@ -41,16 +41,7 @@ from ncakit.losses import soft_labels
 
 gen = ncakit.seed_everything(0)  # seed once; `gen` feeds the random rewards of section 5
 torch.set_num_threads(1)  # the bandit's tensors are tiny: one thread is the fastest
-plt.rcParams.update(
-    {
-        "font.size": 14,
-        "axes.titlesize": 15,
-        "axes.labelsize": 14,
-        "legend.fontsize": 13,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-    }
-)
+plots.notebook_style(font_size=14, figsize=None)  # readable fonts and a light grid (ncakit.plots)
 
 SEEDS = range(6)  # 6 independent bandits per experiment (data, μ and reward differ)
 STEPS = 1500  # full-batch Adam steps (toy/demo.py uses 2000; the knobs' effects are clear by 1500)

@@ -47,6 +47,7 @@ import torch
 from matplotlib.colors import to_rgb
 
 import ncakit
+from ncakit import plots
 from ncakit.data import KResponseCollator, make_dataloader, to_pairwise, tokenize_k_dataset
 from ncakit.generate import generate_k_dataset, sample_k_responses
 from ncakit.losses import get_loss
@@ -54,6 +55,7 @@ from ncakit.metrics import preference_metrics
 from ncakit.plots import LOSS_COLORS, REFERENCE_COLOR, loss_label  # one colour per loss, project-wide
 from ncakit.refcache import batch_logps, precompute_reference_logps
 from ncakit.tinylm import corpus_texts, reward, sft_warmup, synthetic_corpus, tiny_llama, train_tokenizer
+from ncakit.utils import rounded  # plain floats for printing (checked cells compare text)
 
 SEED = 0
 ncakit.seed_everything(SEED)  # seed once; every sampler and data order below also gets an explicit seed
@@ -63,23 +65,7 @@ datasets.disable_progress_bars()  # datasets.map bars would clutter the notebook
 warnings.filterwarnings("ignore", category=UserWarning, module="ncakit")
 logging.getLogger("ncakit").setLevel(logging.ERROR)
 
-plt.rcParams.update(
-    {
-        "figure.figsize": (10, 4),
-        "font.size": 13,
-        "axes.titlesize": 14,
-        "axes.labelsize": 13,
-        "legend.fontsize": 12,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-    }
-)
-
-
-def rounded(x, digits=3):
-    """Plain floats for printing: rounded, and -0.0 shown as 0.0 (checked cells compare text)."""
-    x = x.detach() if torch.is_tensor(x) else x
-    return (np.round(np.asarray(x, dtype=float), digits) + 0.0).tolist()
+plots.notebook_style()  # readable fonts, a light grid, wide figures (ncakit.plots)
 
 
 # The sizes of the whole notebook (about 30 s on 2 CPU cores).

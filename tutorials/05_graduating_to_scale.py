@@ -45,23 +45,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import ncakit
+from ncakit import plots
 from ncakit.plots import LOSS_COLORS, REFERENCE_COLOR  # one colour per loss, project-wide
 from ncakit.runlog import plot_run_dynamics, read_run
 from ncakit.train_config import TrainConfig, parse_config
 
 ncakit.seed_everything(0)  # nothing here draws random numbers; each training run seeds itself (seed: 42)
 
-plt.rcParams.update(
-    {
-        "figure.figsize": (10, 4),
-        "font.size": 13,
-        "axes.titlesize": 14,
-        "axes.labelsize": 13,
-        "legend.fontsize": 12,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-    }
-)
+plots.notebook_style()  # readable fonts, a light grid, wide figures (ncakit.plots)
 
 # The repository root (the folder holding scale/), wherever Jupyter or nbval started us.
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "scale" / "train.py").is_file())
