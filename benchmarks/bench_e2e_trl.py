@@ -96,6 +96,20 @@ PARITY_KEYS_STEP2 = (
     "logps/rejected",
 )
 RTOL = ATOL = 1e-4
+# The settings a worker process gets from its parent (also recorded in the result's config).
+WORKER_FLAGS = (
+    "workdir",
+    "batch_size",
+    "grad_accum",
+    "steps",
+    "lr",
+    "beta",
+    "max_length",
+    "max_prompt_length",
+    "threads",
+    "reference",
+    "logging_steps",
+)
 ALPHABET = "abcdefgh "  # spaces make words, so the BPE vocabulary fills up and prompts are tens of tokens
 
 
@@ -367,19 +381,7 @@ def _top_ops(prof, steps: int, top: int = 15) -> dict:
 
 def _spawn(a, trainer: str, loss: str, data: str, profile: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--worker", trainer, "--loss-one", loss, "--data", data]
-    for flag in (
-        "workdir",
-        "batch_size",
-        "grad_accum",
-        "steps",
-        "lr",
-        "beta",
-        "max_length",
-        "max_prompt_length",
-        "threads",
-        "reference",
-        "logging_steps",
-    ):
+    for flag in WORKER_FLAGS:
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(a, flag))]
     if profile:
         cmd.append("--profile")
@@ -547,24 +549,8 @@ def main(argv=None) -> int:
         summary[loss] = row
     config = {
         k: getattr(a, k)
-        for k in (
-            "repeats",
-            "steps",
-            "batch_size",
-            "grad_accum",
-            "lr",
-            "beta",
-            "max_length",
-            "max_prompt_length",
-            "threads",
-            "reference",
-            "logging_steps",
-            "vocab",
-            "hidden",
-            "layers",
-            "min_chars",
-            "max_chars",
-        )
+        for k in ("repeats", *(f for f in WORKER_FLAGS if f != "workdir"), "vocab", "hidden", "layers")
+        + ("min_chars", "max_chars")
     }
     loads = [x for r in runs if "load_avg_before_after" in r for x in r["load_avg_before_after"]]
     write_result(

@@ -41,6 +41,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_rss_mib, rss_mib, summarize, write_result  # noqa: E402
 
+# The settings a worker process gets from its parent (also recorded in the result's config).
+WORKER_FLAGS = ("prompts", "prompt_len", "response_len", "repeats", "threads", "vocab", "hidden", "layers")
+
 
 def build_model(vocab: int, hidden: int, layers: int, seed: int = 0):
     """The e2e benchmark's Llama shape (see ``ncakit.tinylm.tiny_llama``), random weights, fp32."""
@@ -154,16 +157,7 @@ def main(argv=None) -> int:
     rows = []
     for k in a.ks:
         cmd = [sys.executable, __file__, "--worker", str(k)]
-        for flag in (
-            "prompts",
-            "prompt_len",
-            "response_len",
-            "repeats",
-            "threads",
-            "vocab",
-            "hidden",
-            "layers",
-        ):
+        for flag in WORKER_FLAGS:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(a, flag))]
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -197,20 +191,7 @@ def main(argv=None) -> int:
         {
             "what": "ncakit forward+backward (refcache.batch_logps with LogprobHead + losses.nca) per micro-batch",
             "prompt_sharing": "not implemented: every one of the K sequences of a prompt recomputes the prompt",
-            "config": {
-                k: getattr(a, k)
-                for k in (
-                    "ks",
-                    "prompts",
-                    "prompt_len",
-                    "response_len",
-                    "repeats",
-                    "threads",
-                    "vocab",
-                    "hidden",
-                    "layers",
-                )
-            },
+            "config": {k: getattr(a, k) for k in ("ks", *WORKER_FLAGS)},
             "load_avg": {"min": min(loads), "max": max(loads)} if loads else None,
             "rows": rows,
         },
