@@ -425,15 +425,27 @@ def sft_warmup(
 
 @dataclass
 class TinyKit:
-    """What :func:`build_tiny_kit` wrote (paths) and built (objects)."""
+    """What :func:`build_tiny_kit` wrote (paths, all fixed names under ``root``) and built (objects)."""
 
     root: Path
-    tokenizer_path: Path
-    model_path: Path
-    train_path: Path
-    test_path: Path
     tokenizer: PreTrainedTokenizerFast
     model: LlamaForCausalLM
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def train_path(self) -> Path:
+        return self.root / "train.jsonl"
+
+    @property
+    def test_path(self) -> Path:
+        return self.root / "test.jsonl"
 
 
 def build_tiny_kit(
@@ -484,15 +496,7 @@ def build_tiny_kit(
         )
     train = synthetic_k_dataset(n_train, k, seed=seed, chat=chat, reward_scale=reward_scale)
     test = synthetic_k_dataset(n_test, k, seed=seed + 1, chat=chat, reward_scale=reward_scale)
-    kit = TinyKit(
-        root=root,
-        tokenizer_path=root / "tokenizer",
-        model_path=root / "model",
-        train_path=root / "train.jsonl",
-        test_path=root / "test.jsonl",
-        tokenizer=tokenizer,
-        model=model,
-    )
+    kit = TinyKit(root=root, tokenizer=tokenizer, model=model)
     tokenizer.save_pretrained(kit.tokenizer_path)
     model.save_pretrained(kit.model_path)
     save_k_dataset(train, kit.train_path)
@@ -568,13 +572,5 @@ def ensure_tiny_kit(out_dir: str | Path, **settings) -> TinyKit:
         if recorded == wanted and all((root / d).exists() for d in ("tokenizer", "model", "train.jsonl")):
             tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
             model = LlamaForCausalLM.from_pretrained(root / "model")
-            return TinyKit(
-                root=root,
-                tokenizer_path=root / "tokenizer",
-                model_path=root / "model",
-                train_path=root / "train.jsonl",
-                test_path=root / "test.jsonl",
-                tokenizer=tokenizer,
-                model=model.eval(),
-            )
+            return TinyKit(root=root, tokenizer=tokenizer, model=model.eval())
     return build_tiny_kit(root, **wanted)
