@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from _inputs import chosen_first, rand_inputs
 
 from ncakit import losses as L
 from ncakit.losses import LOSS_INFO, LOSSES, get_loss
@@ -28,19 +29,6 @@ CORE = [
 KWAY = ["infonca", "nca", "plackett_luce"]
 PAIRWISE = [n for n in CORE if LOSS_INFO[n].pairwise]
 TOL = dict(rtol=0, atol=1e-10)
-
-
-def rand_inputs(B=5, K=4, seed=0, dtype=torch.float64, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    pol = (torch.randn(B, K, generator=g, dtype=dtype) * scale - 20).requires_grad_(True)
-    ref = torch.randn(B, K, generator=g, dtype=dtype) * scale - 20
-    rew = torch.randn(B, K, generator=g, dtype=dtype)
-    return pol, ref, rew
-
-
-def sorted_pair_rewards(rew):
-    """Rewards [B, 2] with the chosen (higher) in column 0, as pairwise losses require."""
-    return torch.sort(rew[:, :2], dim=1, descending=True).values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +277,7 @@ def test_oracle_values_and_gradients(name, seed):
     K = 2 if pairwise else 5
     pol, ref, rew = rand_inputs(B=4, K=K, seed=seed, scale=2.0)
     if pairwise:
-        rew = sorted_pair_rewards(rew)
+        rew = chosen_first(rew)
     beta, alpha = 0.7, 0.6
     fn = get_loss(name)
     got = fn(pol, ref, rew, beta=beta, **_kwargs(name, alpha)).loss
@@ -344,7 +332,7 @@ def test_outputs_shapes_detached_and_implicit_rewards(name):
     K = 2 if pairwise else 4
     pol, ref, rew = rand_inputs(B=3, K=K)
     if pairwise:
-        rew = sorted_pair_rewards(rew)
+        rew = chosen_first(rew)
     out = get_loss(name)(pol, ref, rew, beta=0.25)
     assert out.loss.shape == (3,) and out.loss.requires_grad
     assert not out.implicit_rewards.requires_grad and not out.weights.requires_grad

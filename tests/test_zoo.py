@@ -4,11 +4,14 @@ bandit-style call over the whole registry, and bad inputs. Every assertion names
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
+import _inputs
 import pytest
 import torch
+from _inputs import chosen_first
 
 import ncakit.zoo as Z
 from ncakit import losses as L
@@ -19,17 +22,7 @@ TOL = dict(rtol=0, atol=1e-10)
 DIVERGENCES = Z.F_DIVERGENCES
 
 
-def rand_inputs(B=5, K=4, seed=0, dtype=torch.float64, scale=2.0):
-    g = torch.Generator().manual_seed(seed)
-    pol = (torch.randn(B, K, generator=g, dtype=dtype) * scale - 20).requires_grad_(True)
-    ref = torch.randn(B, K, generator=g, dtype=dtype) * scale - 20
-    rew = torch.randn(B, K, generator=g, dtype=dtype)
-    return pol, ref, rew
-
-
-def chosen_first(rew):
-    """Pairwise rewards [B, 2] with the higher one in column 0, as pairwise losses require."""
-    return torch.sort(rew[:, :2], dim=1, descending=True).values
+rand_inputs = functools.partial(_inputs.rand_inputs, scale=2.0)  # log-probs spread 2, not 3
 
 
 # ---------------------------------------------------------------------------------------------
