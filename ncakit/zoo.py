@@ -69,6 +69,7 @@ from ncakit.losses import (
     _check_tensor,
     _compute_dtype,
     _output,
+    _pairwise_setup,
     _pairwise_weights,
     _shape,
     _validate,
@@ -482,12 +483,7 @@ def dpop(
     public re-implementations) and uses 50; the equation number could not be checked here.
     """
     lam = _check_real("dpop_lambda", dpop_lambda, low=0.0)
-    if validate:
-        _validate(
-            policy_logps, ref_logps, rewards, mask, need_rewards=False, pairwise=True, check_finite=True
-        )
-    beta = _check_positive("beta", beta)
-    s = log_ratios(policy_logps, ref_logps)
+    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     h = beta * (s[:, 0] - s[:, 1] - lam * torch.relu(-s[:, 0]))
     return _output(-F.logsigmoid(h), s, beta, _pairwise_weights(s))
 
@@ -630,12 +626,7 @@ def asft(
     scaling of the odds; λ = ``align_weight`` defaults to 0.1 (ORPO's λ). Log-probs must be ≤ 0.
     """
     lam = _check_real("align_weight", align_weight, low=0.0)
-    if validate:
-        _validate(
-            policy_logps, ref_logps, rewards, mask, need_rewards=False, pairwise=True, check_finite=True
-        )
-    beta = _check_positive("beta", beta)
-    s = log_ratios(policy_logps, ref_logps)
+    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     valid = _valid(s, None)
     lens = _check_lengths(lengths, s, valid)
     ell = policy_logps.to(s.dtype)
@@ -676,12 +667,7 @@ def cpl(
     """
     lam = _check_real("contrastive_bias", contrastive_bias, low=0.0, low_inclusive=False, high=1.0)
     bc = _check_real("bc_weight", bc_weight, low=0.0)
-    if validate:
-        _validate(
-            policy_logps, ref_logps, rewards, mask, need_rewards=False, pairwise=True, check_finite=True
-        )
-    beta = _check_positive("beta", beta)
-    s = log_ratios(policy_logps, ref_logps)
+    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     lp = policy_logps.to(s.dtype)
     loss = -F.logsigmoid(beta * (lp[:, 0] - lam * lp[:, 1]))
     if bc > 0:
