@@ -704,12 +704,15 @@ class History:
         return self.losses.index(loss)
 
     def final(self, metric: str) -> np.ndarray:
-        """The last logged value ``[L, S, ...]`` of a metric (or of an end-of-training metric)."""
+        """The last logged value ``[L, S, ...]`` of a metric (or of an end-of-training metric);
+        ``"reward_gain"`` is derived: E_π[r] − E_μ[r] ``[L, S]``."""
         if metric in self.metrics:
             return self.metrics[metric][-1]
         if metric in self.end_metrics:
             return self.end_metrics[metric]
-        known = sorted([*self.metrics, *self.end_metrics])
+        if metric == "reward_gain":
+            return self.final("expected_reward") - self.reference["ref_expected_reward"][None]
+        known = sorted([*self.metrics, *self.end_metrics, "reward_gain"])
         raise ValueError(f"metric: unknown {metric!r}; expected one of {known}")
 
     def summary(self, metrics: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
@@ -1099,10 +1102,8 @@ class _Recorder:
             2, b.tuples.reshape(S, X, M * K), nca_t.reshape(S, X, M * K)
         )
         need = (b.ref_logps + s_star).exp().sum(-1)  # [S, X]
-        w = torch.softmax(b.tuple_rewards / st.alpha, dim=-1)
         reference = {
             "ref_expected_reward": ref_stats["expected_reward"],
-            "ref_entropy": ref_stats["entropy"],
             "target_expected_reward": target["expected_reward"],
             "target_kl": target["kl"],
             "frontier_kl": front["kl"],
@@ -1110,7 +1111,6 @@ class _Recorder:
             "max_expected_reward": b.reward.max(-1).values.mean(-1),
             "nca_target_rank": nca_t.reshape(S, X * M, K).mean(1),
             "nca_target_feasible": (need <= 1.0).to(b.reward.dtype).mean(-1),
-            "label_weight_rank": w.reshape(S, X * M, K).mean(1),
             "track_reward": b.reward[:, config.track_prompt],
             "track_ref_probs": b.ref_logps[:, config.track_prompt].exp(),
             "track_seen": b.seen[:, config.track_prompt].to(b.reward.dtype),
@@ -1457,7 +1457,7 @@ def check_claims(runs: dict[str, History]) -> dict:
         falls = [idx[x] for x in _DPO_LIKE if x in idx]
         ncas = [idx[x] for x in _NCA_LIKE if x in idx]
         chosen, best = h.final("chosen"), h.final("best_logratio")
-        gain = h.final("expected_reward") - h.reference["ref_expected_reward"][None]
+        gain = h.final("reward_gain")
         if role == "control":
             claims[f"{name}: no loss lowers the chosen log-ratio"] = (chosen > 0).all(0)
         else:
@@ -1518,16 +1518,8 @@ def summarize(runs: dict[str, History]) -> dict:
     out = {"settings": {}}
     for name, h in runs.items():
         st = h.setting
-        final = h.summary([m for m in SUMMARY_METRICS if m != "reward_gain"])
-        gain = h.final("expected_reward") - h.reference["ref_expected_reward"][None]
+        final = h.summary(SUMMARY_METRICS)
         for li, loss in enumerate(h.losses):
-            v = gain[li]
-            final[loss]["reward_gain"] = {
-                "mean": float(v.mean()),
-                "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-                "min": float(v.min()),
-                "max": float(v.max()),
-            }
             final[loss]["rank_logratio"] = [float(x) for x in h.final("rank_logratio")[li].mean(0)]
         ref = h.reference
         out["settings"][name] = {
@@ -1565,13 +1557,7 @@ def format_table(runs: dict[str, History], metric: str = "chosen", *, digits: in
     for loss in hs[0].losses:
         row = [loss]
         for h in hs:
-            li = h.loss_index(loss)
-            if metric == "reward_gain":
-                v = h.final("expected_reward")[li] - h.reference["ref_expected_reward"]
-            else:
-                v = h.final(metric)[li]
-            std = v.std(ddof=1) if v.size > 1 else 0.0
-            row.append(f"{v.mean():+.{digits}f} ± {std:.{digits}f}")
+            row.append(_cell(h.final(metric)[h.loss_index(loss)], digits, signed=True))
         cells.append(row)
     widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     lines = []
@@ -1593,13 +1579,6 @@ ZOO_COLUMNS = (
     ("kl", "KL(π‖μ)", False),
     ("ranking_accuracy", "ranking acc.", False),
 )
-
-
-def _final_values(h: History, metric: str) -> np.ndarray:
-    """Final ``[L, S]`` values of a metric, or of ``reward_gain`` (E_π[r] − E_μ[r])."""
-    if metric == "reward_gain":
-        return h.final("expected_reward") - h.reference["ref_expected_reward"][None]
-    return h.final(metric)
 
 
 def _cell(v: np.ndarray, digits: int, signed: bool) -> str:
@@ -1663,11 +1642,12 @@ def format_zoo_table(runs: dict[str, History], *, digits: int = 2) -> str:
             "ranking_accuracy": _cell(ref["ref_ranking_accuracy"], digits, False),
         }
         lines.append("| μ (reference) | | " + " | ".join(mu[c[0]] for c in ZOO_COLUMNS) + " |")
+        finals = {m: h.final(m) for m, _, _ in ZOO_COLUMNS}
         for li, loss in enumerate(h.losses):
             info = loss_info(loss)
             label = f"`{loss}`" + (" †" if loss in REFERENCE_FREE else "")
             data = "pair" if info.pairwise else f"K = {h.setting.bandit.k}"
-            cells = [_cell(_final_values(h, m)[li], digits, signed) for m, _, signed in ZOO_COLUMNS]
+            cells = [_cell(finals[m][li], digits, signed) for m, _, signed in ZOO_COLUMNS]
             lines.append("| " + " | ".join([label, data, *cells]) + " |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

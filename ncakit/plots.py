@@ -50,7 +50,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from ncakit.losses import ALIASES, LOSS_INFO
+from ncakit.losses import ALIASES, LOSS_INFO, loss_info
 
 __all__ = [
     "LOSS_COLORS",
@@ -142,13 +142,12 @@ _FALLBACK = (
     "#999933",
     "#AA4499",
 )
-_PAIRWISE = {"dpo", "nca_pair", "biased_nca", "ipo", "hinge", "label_smoothed_dpo", "robust_dpo"}
 
 
 def _is_pairwise(key: str) -> bool:
-    """Pairwise per the loss registry (the zoo's too); the fixed set for names it does not know."""
+    """Pairwise per the loss registry (the zoo's too); False for names it does not know."""
     info = LOSS_INFO.get(key)
-    return info.pairwise if info is not None else key in _PAIRWISE
+    return info is not None and info.pairwise
 
 
 def _canonical(name: str) -> str:
@@ -502,7 +501,6 @@ def plot_ranks(runs: dict, losses: Sequence[str] | None = None) -> Figure:
     (rank 1 = chosen), mean over data and seeds. Dashed: NCA's per-response optimum log(K·w̄)/β
     (w̄: the mean soft label of that response over its tuples; MATH.md, NCA), drawn when a tabular
     policy can reach it (Σ_seen μ·e^{s*} <= 1) in at least half the prompts, noted otherwise."""
-    from ncakit.losses import loss_info
 
     hs = _check_runs(runs)
     losses = [n for n in (losses or hs[0].losses) if not loss_info(n).pairwise]
@@ -596,18 +594,7 @@ def plot_sweep(runs: dict, param: str, losses: Sequence[str] | None = None) -> F
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
         for ax, (m, label) in zip(axes, panels):
             for loss in losses:
-                vals = []
-                for i in order:
-                    h = hs[i]
-                    if m == "reward_gain":
-                        v = (
-                            h.final("expected_reward")[h.loss_index(loss)]
-                            - h.reference["ref_expected_reward"]
-                        )
-                    else:
-                        v = h.final(m)[h.loss_index(loss)]
-                    vals.append(v)
-                vals = np.array(vals)  # [P, S]
+                vals = np.array([hs[i].final(m)[hs[i].loss_index(loss)] for i in order])  # [P, S]
                 st = loss_style(loss)
                 ax.errorbar(
                     xs[order], vals.mean(1), yerr=vals.std(1, ddof=1) if vals.shape[1] > 1 else None,
@@ -1213,7 +1200,7 @@ def plot_zoo(runs: dict, losses: Sequence[str] | None = None, *, order_by: str |
             first = first or ax_c
             col += 3
             chosen = h.final("chosen")
-            gain = h.final("expected_reward") - h.reference["ref_expected_reward"][None]
+            gain = h.final("reward_gain")
             for yi, n in zip(y, losses):
                 li = h.loss_index(n)
                 for ax, v in ((ax_c, chosen[li]), (ax_r, gain[li])):
@@ -1289,7 +1276,6 @@ def preset_figures(runs: dict, sweep: str | None = None, report: str = "standard
     """The figures a preset produces, ``{file stem: Figure}``. ``report="standard"``: dynamics, mass and
     reward–KL always; the rank figure when a K-way loss was trained; the sweep figure for a sweep
     preset. ``report="zoo"`` (the zoo preset, many losses): the one figure ``zoo`` (:func:`plot_zoo`)."""
-    from ncakit.losses import loss_info
 
     if report not in ("standard", "zoo"):
         raise ValueError(f"report: expected 'standard' or 'zoo', got {report!r}")

@@ -67,7 +67,7 @@ def test_zoo_preset_runs_every_canonical_registered_loss(zoo):
         assert h.losses == preset.losses
         assert h.loss_kwargs == {"asft": {"beta": 1.0}}
         for metric, _, _ in B.ZOO_COLUMNS:
-            v = B._final_values(h, metric)
+            v = h.final(metric)
             assert v.shape == (len(preset.losses), len(SEEDS)) and np.isfinite(v).all(), metric
 
 
