@@ -384,14 +384,17 @@ def _model_id(cfg: TrainConfig) -> str | None:
     return f"{cfg.model_name_or_path}@{cfg.model_revision or 'main'}"
 
 
-def precompute_reference(cfg: TrainConfig, model, ds, collate, tokenizer, accelerator):
+def precompute_reference(
+    cfg: TrainConfig, model, ds, collate, tokenizer, accelerator, model_id: str | None = None
+):
     """Add ``ref_logps`` to ``ds`` before ``prepare``: process r computes shard r (cached on disk),
-    then every process loads every shard from the cache. Needs a cache folder all processes see."""
+    then every process loads every other shard from the cache. Needs a cache folder all processes
+    see. ``model_id``: the model's cache identity, if the caller already has it (train and eval)."""
     cache_dir = cfg.ref_cache_dir or str(Path(cfg.output_dir) / "ref_cache")
     n = accelerator.num_processes
     shards = [ds.shard(num_shards=n, index=i, contiguous=True) for i in range(n)] if n > 1 else [ds]
     # One identity for every shard: hashing a local model's weights (seconds per GB) happens once.
-    model_id = _model_id(cfg) or model_fingerprint(model)
+    model_id = model_id or _model_id(cfg) or model_fingerprint(model)
     kwargs = dict(
         batch_size=cfg.ref_batch_size or cfg.per_device_eval_batch_size,
         cache_dir=cache_dir,
@@ -425,11 +428,15 @@ def precompute_reference(cfg: TrainConfig, model, ds, collate, tokenizer, accele
     # the reference forward runs under the same autocast as the training forward (bf16 on GPU
     # configs), so policy == reference at step 0 up to kernel noise, not up to a precision change
     with accelerator.autocast():
-        precompute_reference_logps(model, shards[mine], collate, on_miss=on_miss, progress=show, **kwargs)
+        own = precompute_reference_logps(
+            model, shards[mine], collate, on_miss=on_miss, progress=show, **kwargs
+        )
     accelerator.wait_for_everyone()
     parts, infos = [], []
-    for shard in shards:
-        out = precompute_reference_logps(model, shard, collate, on_miss=on_miss, **kwargs)
+    for i, shard in enumerate(shards):
+        out = (
+            own if i == mine else precompute_reference_logps(model, shard, collate, on_miss=on_miss, **kwargs)
+        )
         parts.append(out.dataset)
         infos.append(out.info)
     import datasets
@@ -745,12 +752,13 @@ def train(cfg: TrainConfig, *, callbacks: list[Callable[[TrainState], None]] | N
     ref_model, ref_info = None, {}
     train_ds, eval_ds = data.train, data.eval
     if cfg.reference == "precompute":
+        model_id = _model_id(cfg) or model_fingerprint(model)  # hashed once for both splits
         train_ds, ref_info["train"] = precompute_reference(
-            cfg, model, train_ds, collate, tokenizer, accelerator
+            cfg, model, train_ds, collate, tokenizer, accelerator, model_id
         )
         if eval_ds is not None:
             eval_ds, ref_info["eval"] = precompute_reference(
-                cfg, model, eval_ds, collate, tokenizer, accelerator
+                cfg, model, eval_ds, collate, tokenizer, accelerator, model_id
             )
     elif cfg.reference == "model":
         ref_model = copy.deepcopy(accelerator.unwrap_model(model)).requires_grad_(False).eval()
@@ -852,7 +860,11 @@ def train(cfg: TrainConfig, *, callbacks: list[Callable[[TrainState], None]] | N
     window = _Window()
     grad_norm = None
     interrupted = False
-    t_window, tokens_window = time.perf_counter(), 0
+    # tokens stay a device tensor between logging steps: no host sync per micro-batch
+    t_window, tokens_window = (
+        time.perf_counter(),
+        torch.zeros((), dtype=torch.long, device=accelerator.device),
+    )
     last_eval_step = -1
     with _StopFlag() as stop:
         while state.global_step < max_steps and state.epoch < num_epochs:
@@ -873,7 +885,7 @@ def train(cfg: TrainConfig, *, callbacks: list[Callable[[TrainState], None]] | N
                     optimizer.zero_grad(set_to_none=True)
                 state.batches_in_epoch += 1
                 window.add(out, policy, batch)
-                tokens_window += int(batch["attention_mask"].sum())
+                tokens_window += batch["attention_mask"].sum().to(tokens_window.device)
                 if not accelerator.sync_gradients:
                     continue
                 lr_scheduler.step()
@@ -881,9 +893,7 @@ def train(cfg: TrainConfig, *, callbacks: list[Callable[[TrainState], None]] | N
                 progress.update(1)
                 last = state.global_step >= max_steps
                 if state.global_step % cfg.logging_steps == 0 or last:
-                    tokens = int(
-                        accelerator.reduce(torch.tensor(tokens_window, device=accelerator.device), "sum")
-                    )
+                    tokens = int(accelerator.reduce(tokens_window, "sum"))
                     state.num_tokens += tokens
                     elapsed = time.perf_counter() - t_window
                     values = _metrics(_gather_rows(accelerator, window.tensors()))
@@ -901,7 +911,7 @@ def train(cfg: TrainConfig, *, callbacks: list[Callable[[TrainState], None]] | N
                         loss=f"{values['loss']:.4f}", chosen=f"{values['rewards/chosen']:+.3f}"
                     )
                     window = _Window()
-                    t_window, tokens_window = time.perf_counter(), 0
+                    t_window, tokens_window = time.perf_counter(), torch.zeros_like(tokens_window)
                 if eval_loader is not None and cfg.eval_steps > 0 and state.global_step % cfg.eval_steps == 0:
                     log(evaluate(model, eval_loader, cfg, loss_fn, accelerator, ref_model), state.global_step)
                     last_eval_step = state.global_step
