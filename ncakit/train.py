@@ -482,16 +482,24 @@ class _Window:
     def __init__(self):
         self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.KEYS}
 
-    def add(self, out: LossOutput, policy_logps, batch):
-        self.parts["loss"].append(out.loss.detach().float())
-        self.parts["implicit_rewards"].append(out.implicit_rewards.float())
-        self.parts["weights"].append(out.weights.float())
-        self.parts["policy_logps"].append(policy_logps.detach().float())
-        self.parts["rewards"].append(batch["rewards"].to(policy_logps.device).float())
-        self.parts["mask"].append(batch["mask"].to(policy_logps.device))
+    @staticmethod
+    def rows(out: LossOutput, policy_logps, batch) -> dict[str, torch.Tensor]:
+        """One batch's rows: detached, float32 (the mask stays bool), on the policy's device."""
+        return {
+            "loss": out.loss.detach().float(),
+            "implicit_rewards": out.implicit_rewards.float(),
+            "weights": out.weights.float(),
+            "policy_logps": policy_logps.detach().float(),
+            "rewards": batch["rewards"].to(policy_logps.device).float(),
+            "mask": batch["mask"].to(policy_logps.device),
+        }
 
-    def __len__(self):
-        return len(self.parts["loss"])
+    def append(self, rows: dict[str, torch.Tensor]) -> None:
+        for k in self.KEYS:
+            self.parts[k].append(rows[k])
+
+    def add(self, out: LossOutput, policy_logps, batch):
+        self.append(self.rows(out, policy_logps, batch))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: torch.cat(v) for k, v in self.parts.items()}
@@ -525,17 +533,8 @@ def evaluate(model, loader, cfg: TrainConfig, loss_fn, accelerator, ref_model=No
     window = _Window()
     for batch in loader:
         out, policy, _ = compute_loss(model, batch, cfg, loss_fn, ref_model)
-        t = {
-            "loss": out.loss.float(),
-            "implicit_rewards": out.implicit_rewards.float(),
-            "weights": out.weights.float(),
-            "policy_logps": policy.float(),
-            "rewards": batch["rewards"].to(policy.device).float(),
-            "mask": batch["mask"].to(policy.device),
-        }
-        t = accelerator.gather_for_metrics(t)  # drops the samples added to even out the last batch
-        for k in window.KEYS:
-            window.parts[k].append(t[k])
+        # gather_for_metrics drops the samples added to even out the last batch
+        window.append(accelerator.gather_for_metrics(_Window.rows(out, policy, batch)))
     model.train(was_training)
     return _metrics(window.tensors(), prefix="eval_")
 
