@@ -897,6 +897,24 @@ def _local_files(name_or_path: str) -> list[str] | None:
     return None
 
 
+def _load_source(name_or_path: str, split: str, *, data_files=None, revision=None, **kwargs):
+    """``datasets.load_dataset`` of a hub dataset, or of local .json/.jsonl/.parquet files (a file, a
+    glob or a folder) under the split name ``split`` (slices such as ``"train[:100]"`` work)."""
+    local = _local_files(str(name_or_path)) if data_files is None else None
+    if local is None:
+        return datasets.load_dataset(
+            name_or_path, split=split, data_files=data_files, revision=revision, **kwargs
+        )
+    suffixes = {Path(f).suffix for f in local}
+    builders = {_LOCAL_BUILDERS.get(s) for s in suffixes}
+    if len(builders) != 1 or None in builders:
+        raise ValueError(
+            f"name_or_path: expected .json/.jsonl/.parquet files of one kind, got suffixes {sorted(suffixes)}"
+        )
+    split_name = split.split("[")[0]
+    return datasets.load_dataset(builders.pop(), data_files={split_name: local}, split=split, **kwargs)
+
+
 def load_k_dataset(
     name_or_path: str,
     split: str = "train",
@@ -931,20 +949,7 @@ def load_k_dataset(
     kwargs = dict(load_kwargs or {})
     if cache_dir is not None:
         kwargs["cache_dir"] = cache_dir
-    local = _local_files(str(name_or_path)) if data_files is None else None
-    if local is not None:
-        suffixes = {Path(f).suffix for f in local}
-        builders = {_LOCAL_BUILDERS.get(s) for s in suffixes}
-        if len(builders) != 1 or None in builders:
-            raise ValueError(
-                f"name_or_path: expected .json/.jsonl/.parquet files of one kind, got suffixes {sorted(suffixes)}"
-            )
-        split_name = split.split("[")[0]
-        ds = datasets.load_dataset(builders.pop(), data_files={split_name: local}, split=split, **kwargs)
-    else:
-        ds = datasets.load_dataset(
-            name_or_path, split=split, data_files=data_files, revision=revision, **kwargs
-        )
+    ds = _load_source(name_or_path, split, data_files=data_files, revision=revision, **kwargs)
     if isinstance(ds, datasets.DatasetDict):  # pragma: no cover - split=None passed explicitly
         raise ValueError(f"split: got several splits {list(ds)}; pass one")
     if max_rows is not None:
@@ -1511,14 +1516,10 @@ class KResponseCollator:
 
 def example_lengths(dataset) -> np.ndarray:
     """Per-row padded-cost proxy ``[num_rows]``: the longest prompt + response (``max_seq_len``)."""
-    if isinstance(dataset, datasets.Dataset):
-        if "max_seq_len" in dataset.column_names:
-            return np.asarray(dataset.data.column("max_seq_len").to_numpy(), dtype=np.int64)
-        rows = dataset
-    else:
-        rows = dataset
+    if isinstance(dataset, datasets.Dataset) and "max_seq_len" in dataset.column_names:
+        return np.asarray(dataset.data.column("max_seq_len").to_numpy(), dtype=np.int64)
     return np.asarray(
-        [len(r["prompt_ids"]) + max(len(x) for x in r["response_ids"]) for r in rows], dtype=np.int64
+        [len(r["prompt_ids"]) + max(len(x) for x in r["response_ids"]) for r in dataset], dtype=np.int64
     )
 
 

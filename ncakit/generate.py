@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -279,7 +278,7 @@ def generate_k_dataset(
     UltraFeedback data the authors used. Returns ``(rows, stats)``; ``stats`` counts prompts,
     responses, empty responses and distinct responses per prompt, with the reward range.
     """
-    from ncakit.data import save_k_dataset
+    from ncakit.data import _sorted_best_first, save_k_dataset
 
     reward_fn = load_reward(reward)
     prompts = list(prompts)
@@ -293,17 +292,11 @@ def generate_k_dataset(
     for prompt, responses in zip(prompts, samples):
         rs = scores[i : i + len(responses)]
         i += len(responses)
-        order = sorted(range(len(rs)), key=lambda j: -rs[j]) if sort_best_first else list(range(len(rs)))
-        chat = isinstance(prompt, list)
-        rows.append(
-            {
-                "prompt": prompt,
-                "responses": [
-                    [{"role": "assistant", "content": responses[j]}] if chat else responses[j] for j in order
-                ],
-                "rewards": [rs[j] for j in order],
-            }
-        )
+        if isinstance(prompt, list):  # chat prompt: each response becomes one assistant message
+            responses = [[{"role": "assistant", "content": r}] for r in responses]
+        if sort_best_first:
+            responses, rs = _sorted_best_first(responses, rs)
+        rows.append({"prompt": prompt, "responses": list(responses), "rewards": list(rs)})
     stats = {
         "prompts": len(rows),
         "k": k,
@@ -350,16 +343,10 @@ def load_prompts(
 
         n = max_prompts or 64
         return [[{"role": "user", "content": r["prompt"]}] for r in synthetic_corpus(n, seed=seed + 5)]
-    import datasets
 
-    from ncakit.data import _LOCAL_BUILDERS, _local_files
+    from ncakit.data import _load_source
 
-    local = _local_files(source)
-    if local is not None:
-        builder = _LOCAL_BUILDERS[Path(local[0]).suffix]
-        ds = datasets.load_dataset(builder, data_files={split: local}, split=split)
-    else:
-        ds = datasets.load_dataset(source, split=split)
+    ds = _load_source(source, split)
     if max_prompts is not None:
         ds = ds.select(range(min(max_prompts, len(ds))))
     if column not in ds.column_names:
@@ -435,9 +422,8 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], dict] | None:
         max_prompts=args.max_prompts,
         seed=args.seed,
     )
-    reward: Any = args.reward
-    if ":" not in args.reward or Path(args.reward).exists():
-        reward = reward_model_fn(args.reward, batch_size=args.rm_batch_size, device=state.device)
+    # the reward-model settings reach only a reward model; a "module:function" ignores them
+    reward = load_reward(args.reward, batch_size=args.rm_batch_size, device=state.device)
     sample_kwargs = dict(
         k=args.k,
         max_new_tokens=args.max_new_tokens,

@@ -364,10 +364,7 @@ def batch_logps(
         seq = tok.float().sum(dim=-1)
         if average:
             seq = seq / response_lengths(labels).clamp(min=1).to(seq.dtype)
-        seq = seq.float().view(B, K)
-        return seq * mask.to(seq.device)
-    use_hidden = path == "hidden" or (path == "auto" and _hidden_path_ok(model))
-    if use_hidden:
+    elif path == "hidden" or (path == "auto" and _hidden_path_ok(model)):
         lm = _causal_lm(model)
         hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
