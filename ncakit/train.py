@@ -169,10 +169,15 @@ class JsonlTracker(GeneralTracker):
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
+def _tiny_kit_dir(cfg: TrainConfig) -> str:
+    """Where the offline tiny-LM kit lives for ``model_name_or_path: tinylm``."""
+    return cfg.tiny_kit_dir or str(Path(cfg.output_dir) / "tinylm-kit")
+
+
 def _tiny_kit(cfg: TrainConfig, accelerator):
     from ncakit.tinylm import ensure_tiny_kit
 
-    kit_dir = cfg.tiny_kit_dir or str(Path(cfg.output_dir) / "tinylm-kit")
+    kit_dir = _tiny_kit_dir(cfg)
     with accelerator.main_process_first():  # built once, by the main process; the others reload it
         return ensure_tiny_kit(
             kit_dir,
@@ -236,6 +241,9 @@ def load_model(cfg: TrainConfig, accelerator, kit=None):
     if head is None:
         logger.warning("no LogprobHead for %s: using the chunked logits path", type(model).__name__)
     gc_kwargs = {"use_reentrant": False}
+    quantised_peft = cfg.use_peft and cfg.load_in_4bit  # peft's k-bit preparation turns it on itself
+    if cfg.gradient_checkpointing and not quantised_peft:
+        enable_checkpointing(model, gc_kwargs)
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
 
@@ -247,8 +255,6 @@ def load_model(cfg: TrainConfig, accelerator, kit=None):
                 use_gradient_checkpointing=cfg.gradient_checkpointing,
                 gradient_checkpointing_kwargs=gc_kwargs,
             )
-        elif cfg.gradient_checkpointing:
-            enable_checkpointing(model, gc_kwargs)
         lora = LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
@@ -259,8 +265,6 @@ def load_model(cfg: TrainConfig, accelerator, kit=None):
         with torch.random.fork_rng(devices=[]):  # adapter init from cfg.seed, whatever ran before
             torch.manual_seed(cfg.seed)
             model = get_peft_model(model, lora)
-    elif cfg.gradient_checkpointing:
-        enable_checkpointing(model, gc_kwargs)
     return model
 
 
@@ -285,7 +289,7 @@ class Data:
     stats: dict
 
 
-def _load_split(cfg: TrainConfig, name: str, split: str, max_rows: int | None, tokenizer):
+def _load_split(cfg: TrainConfig, name: str, split: str, max_rows: int | None):
     adapter_kwargs = {"pair_rewards": cfg.pair_rewards} if cfg.pair_rewards != "binary" else {}
     try:
         loaded = load_k_dataset(
@@ -348,13 +352,13 @@ def prepare_data(cfg: TrainConfig, tokenizer, accelerator, kit=None) -> Data:
     )
     stats = {}
     with accelerator.main_process_first():
-        ds, st = _load_split(cfg, train_name, cfg.dataset_split, cfg.max_train_samples, tokenizer)
+        ds, st = _load_split(cfg, train_name, cfg.dataset_split, cfg.max_train_samples)
         _check_k(cfg, st.k_counts, "training")
         tok = tokenize_k_dataset(ds, tokenizer, source=train_name, **tok_kwargs)
         train_ds, stats["train"] = tok.dataset, st.then(tok.stats).to_dict()
         eval_ds = None
         if eval_name is not None:
-            eds, est = _load_split(cfg, eval_name, eval_split, cfg.max_eval_samples, tokenizer)
+            eds, est = _load_split(cfg, eval_name, eval_split, cfg.max_eval_samples)
             _check_k(cfg, est.k_counts, "eval")
             etok = tokenize_k_dataset(eds, tokenizer, source=eval_name, **tok_kwargs)
             eval_ds, stats["eval"] = etok.dataset, est.then(etok.stats).to_dict()
@@ -631,7 +635,7 @@ def _merge_adapter(cfg: TrainConfig, adapter_dir: Path) -> None:
 
     base_path = cfg.model_name_or_path
     if base_path == "tinylm":
-        base_path = str(Path(cfg.tiny_kit_dir or Path(cfg.output_dir) / "tinylm-kit") / "model")
+        base_path = str(Path(_tiny_kit_dir(cfg)) / "model")  # TinyKit.model_path
     dtype = torch.bfloat16 if cfg.load_in_4bit else _DTYPES[cfg.torch_dtype]
     base = AutoModelForCausalLM.from_pretrained(base_path, revision=cfg.model_revision, dtype=dtype)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
