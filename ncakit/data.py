@@ -785,6 +785,28 @@ def _collect_drops(mapped: datasets.Dataset, stage: str) -> tuple[dict[str, int]
     return dict(dropped), examples
 
 
+def _map_counting_drops(
+    data, fn, blank: dict, features: datasets.Features, *, on_bad: str, num_proc, desc: str, stage: str
+) -> tuple[datasets.Dataset, dict[str, int], dict[str, str]]:
+    """Map ``fn`` over the rows. A row whose ``fn`` raises :class:`ExampleError` is dropped, counted by
+    reason with its first example (``on_bad="drop"``), or the error propagates (``"raise"``); ``blank``
+    fills a dropped row until the filter removes it. Returns ``(kept, dropped, examples)``."""
+
+    def safe(example):
+        try:
+            out = fn(example)
+        except ExampleError as err:
+            if on_bad == "raise":
+                raise
+            return {**blank, "_drop_reason": err.reason, "_drop_detail": str(err)}
+        return {**out, "_drop_reason": "", "_drop_detail": ""}
+
+    mapped = _map_rows(data, safe, features, num_proc, desc)
+    dropped, examples = _collect_drops(mapped, stage)
+    kept = mapped.filter(lambda r: not r, input_columns="_drop_reason", num_proc=num_proc).flatten_indices()
+    return kept.remove_columns(["_drop_reason", "_drop_detail"]), dropped, examples
+
+
 def canonicalize(
     data,
     schema: str = "auto",
@@ -849,25 +871,16 @@ def canonicalize(
     )
     empty_prompt = [] if prompt_kind == "chat" else ""
 
-    def convert(example):
-        try:
-            out = _conform(adapter(example), prompt_kind, response_kind)
-        except ExampleError as err:
-            if on_bad == "raise":
-                raise
-            return {
-                "prompt": empty_prompt,
-                "responses": [],
-                "rewards": [],
-                "_drop_reason": err.reason,
-                "_drop_detail": str(err),
-            }
-        return {**out, "_drop_reason": "", "_drop_detail": ""}
-
-    mapped = _map_rows(ds, convert, features, num_proc, f"canonical format ({schema})")
-    dropped, examples = _collect_drops(mapped, "load")
-    kept = mapped.filter(lambda r: not r, input_columns="_drop_reason", num_proc=num_proc)
-    kept = kept.remove_columns(["_drop_reason", "_drop_detail"]).flatten_indices()
+    kept, dropped, examples = _map_counting_drops(
+        ds,
+        lambda example: _conform(adapter(example), prompt_kind, response_kind),
+        {"prompt": empty_prompt, "responses": [], "rewards": []},
+        features,
+        on_bad=on_bad,
+        num_proc=num_proc,
+        desc=f"canonical format ({schema})",
+        stage="load",
+    )
     stats = DataStats(
         source=source,
         stage="load",
@@ -1289,25 +1302,21 @@ def tokenize_k_dataset(
         "responses_removed": 0,
     }
 
-    def tok(example):
-        try:
-            out = tokenize_k_example(example, tokenizer, **kwargs)
-        except ExampleError as err:
-            if on_bad == "raise":
-                raise
-            return {**blank, "_drop_reason": err.reason, "_drop_detail": str(err)}
-        return {**out, "_drop_reason": "", "_drop_detail": ""}
-
-    mapped = _map_rows(ds, tok, _TOKENIZED_FEATURES, num_proc, "tokenize (K responses)")
-    dropped, examples = _collect_drops(mapped, "tokenize")
-    kept = mapped.filter(lambda r: not r, input_columns="_drop_reason", num_proc=num_proc).flatten_indices()
+    kept, dropped, examples = _map_counting_drops(
+        ds,
+        lambda example: tokenize_k_example(example, tokenizer, **kwargs),
+        blank,
+        _TOKENIZED_FEATURES,
+        on_bad=on_bad,
+        num_proc=num_proc,
+        desc="tokenize (K responses)",
+        stage="tokenize",
+    )
     tab = kept.data
     prompts_truncated = int(pc.sum(tab.column("prompt_truncated")).as_py() or 0) if len(kept) else 0
     responses_truncated = int(pc.sum(tab.column("responses_truncated")).as_py() or 0) if len(kept) else 0
     removed = int(pc.sum(tab.column("responses_removed")).as_py() or 0) if len(kept) else 0
-    kept = kept.remove_columns(
-        ["_drop_reason", "_drop_detail", "prompt_truncated", "responses_truncated", "responses_removed"]
-    )
+    kept = kept.remove_columns(["prompt_truncated", "responses_truncated", "responses_removed"])
     stats = DataStats(
         source=source,
         stage="tokenize",
