@@ -12,8 +12,9 @@ The toy track (``ncakit.bandit``, ``ncakit.plots``) adds matplotlib; the scale t
 modules only, so ``import ncakit`` stays light (a test checks it).
 """
 
-from ncakit import logprobs, losses, metrics, ranking, zoo  # zoo registers its losses on import
-from ncakit.losses import LOSSES, LossOutput, get_loss
+from ncakit import logprobs, losses, metrics, ranking, registry, validation, zoo  # losses + zoo register
+from ncakit.losses import LossOutput
+from ncakit.registry import get_loss, loss_spec
 from ncakit.utils import seed_everything
 
 __version__ = "0.1.0"
@@ -24,9 +25,11 @@ __all__ = [
     "metrics",
     "ranking",
     "zoo",
-    "LOSSES",
+    "registry",
+    "validation",
     "LossOutput",
     "get_loss",
+    "loss_spec",
     "seed_everything",
     "__version__",
 ]

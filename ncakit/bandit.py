@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,8 +56,8 @@ import torch
 import torch.nn.functional as F
 
 import ncakit.zoo  # noqa: F401  (registers the zoo losses, which the zoo preset trains)
-from ncakit.losses import LOSS_INFO, get_loss, loss_info
 from ncakit.ranking import ranking_accuracy
+from ncakit.registry import LOSS_SPECS, check_loss_kwargs, get_loss, loss_spec
 
 __all__ = [
     "FAMILIES",
@@ -87,7 +86,6 @@ __all__ = [
     "ZOO_COLUMNS",
     "ZOO_EXCLUDED",
     "ZOO_LOSS_KWARGS",
-    "REFERENCE_FREE",
     "zoo_losses",
     "SUMMARY_METRICS",
     "torch_threads",
@@ -611,7 +609,7 @@ class TrainConfig:
         if isinstance(losses, str) or not isinstance(losses, Sequence) or not losses:
             raise ValueError(f"losses: expected a non-empty sequence of loss names, got {losses!r}")
         for name in losses:
-            loss_info(name)  # ValueError listing the known names
+            loss_spec(name)  # ValueError listing the known names
         if len(set(losses)) != len(losses):
             raise ValueError(f"losses: expected distinct names, got {list(losses)}")
         object.__setattr__(self, "losses", tuple(losses))
@@ -626,13 +624,10 @@ class TrainConfig:
         return dict(dict(self.loss_kwargs).get(loss, ()))
 
 
-# Keywords the trainer itself passes or that would break the batched call (data-dependent tensors).
-_RESERVED_KWARGS = frozenset({"policy_logps", "ref_logps", "rewards", "mask", "validate", "lengths"})
-
-
 def _normalize_loss_kwargs(loss_kwargs, losses: Sequence[str] | None) -> tuple:
     """``{loss: {kw: value}}`` (or its normalised tuple form) -> sorted ``((loss, ((kw, value), ...)), ...)``,
-    checking that every loss is registered (and trained, when ``losses`` is given) and accepts every kw."""
+    checking that every loss is registered (and trained, when ``losses`` is given) and accepts every kw
+    (:func:`ncakit.registry.check_loss_kwargs`, the check the scale config uses too)."""
     if isinstance(loss_kwargs, tuple):
         loss_kwargs = {name: dict(kw) for name, kw in loss_kwargs}
     if not isinstance(loss_kwargs, Mapping):
@@ -641,24 +636,14 @@ def _normalize_loss_kwargs(loss_kwargs, losses: Sequence[str] | None) -> tuple:
         )
     out = []
     for name, kw in loss_kwargs.items():
-        info = loss_info(name)  # ValueError listing the known names
+        loss_spec(name)  # ValueError listing the known names
         if losses is not None and name not in losses:
             raise ValueError(
                 f"loss_kwargs: {name!r} is not one of the trained losses {list(losses)}; drop its overrides "
                 "or train it"
             )
-        if not isinstance(kw, Mapping):
-            raise TypeError(
-                f"loss_kwargs[{name!r}]: expected a mapping {{keyword: value}}, got {type(kw).__name__}"
-            )
-        params = inspect.signature(info.fn).parameters
-        open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kw = check_loss_kwargs(name, kw, where=f"loss_kwargs[{name!r}]")
         for key, value in kw.items():
-            if key in _RESERVED_KWARGS:
-                raise ValueError(f"loss_kwargs[{name!r}]: {key!r} is set by the trainer, not per loss")
-            if key not in params and not open_kwargs:
-                known = [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-                raise ValueError(f"loss_kwargs[{name!r}]: unknown keyword {key!r}; {name} takes {known}")
             try:
                 hash(value)
             except TypeError:
@@ -668,18 +653,6 @@ def _normalize_loss_kwargs(loss_kwargs, losses: Sequence[str] | None) -> tuple:
                 ) from None
         out.append((name, tuple(sorted(kw.items()))))
     return tuple(sorted(out))
-
-
-def _takes_alpha(name: str) -> bool:
-    """Whether the trainer passes the setting's α to a loss: every loss with an ``alpha`` keyword (InfoNCA,
-    NCA, Plackett–Luce, SPPO, PRO), and the K-way reward losses that forward ``**kwargs`` to one (the LSC
-    and f-divergence wrappers of :mod:`ncakit.zoo`, whose convention is that every K-way loss takes α)."""
-    info = loss_info(name)
-    params = inspect.signature(info.fn).parameters
-    if "alpha" in params:
-        return True
-    open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return open_kwargs and not info.pairwise and info.needs_rewards
 
 
 @dataclass
@@ -820,7 +793,7 @@ class _LossCall:
         self.fn = get_loss(name)
         # α only for the losses that take it (the reward temperature of soft labels, SPPO's win rates,
         # PRO's reward gaps); not DPO's pairwise family.
-        self.kwargs = {"beta": beta, "alpha": alpha} if _takes_alpha(name) else {"beta": beta}
+        self.kwargs = {"beta": beta, "alpha": alpha} if loss_spec(name).takes_alpha else {"beta": beta}
         self.kwargs.update(overrides or {})
 
     def __call__(self, gathered: dict[int, tuple[torch.Tensor, ...]], validate: bool) -> torch.Tensor:
@@ -935,7 +908,7 @@ def _train(settings, seeds, config, device, dtype, progress) -> dict[str, Histor
     row_sets: dict[tuple, _Rows] = {}
     calls: list[_LossCall] = []
     for li, name in enumerate(config.losses):
-        view = "pair" if loss_info(name).pairwise else "k"
+        view = "pair" if loss_spec(name).pairwise else "k"
         groups: dict[tuple, list[_Arm]] = {}
         for a in arms:
             st = a.setting
@@ -997,7 +970,7 @@ class _Recorder:
         self.arm, self.config = arm, config
         self.steps: list[int] = []
         self.rows: dict[str, list[torch.Tensor]] = {}
-        self.pairwise = [loss_info(n).pairwise for n in config.losses]
+        self.pairwise = [loss_spec(n).pairwise for n in config.losses]
         self.end: dict[str, np.ndarray] = {}  # END_METRICS, filled at the last step
 
     def record(self, step, all_logps, calls, per_row):
@@ -1238,14 +1211,12 @@ ZOO_LOSS_KWARGS = {"asft": {"beta": 1.0}}
 #: Steps of the zoo preset: half the classic's, so 20 losses x 3 settings x 8 seeds train in ~13 s on one
 #: CPU core (2000 steps: ~24 s; both measured on a shared machine). The classic's signs are there at 1000.
 ZOO_STEPS = 1000
-#: Losses that score π_θ's own log-probs, with no reference in the loss (PRO in its default mode).
-REFERENCE_FREE = frozenset({"pro", "asft", "cpl"})
 
 
 def zoo_losses() -> tuple[str, ...]:
     """Every registered canonical loss name (core + :mod:`ncakit.zoo`, registry order) except
     :data:`ZOO_EXCLUDED`: what the zoo preset trains."""
-    return tuple(name for name in LOSS_INFO if name not in ZOO_EXCLUDED)
+    return tuple(name for name in LOSS_SPECS if name not in ZOO_EXCLUDED)
 
 
 PRESETS: dict[str, Preset] = {
@@ -1644,8 +1615,8 @@ def format_zoo_table(runs: dict[str, History], *, digits: int = 2) -> str:
         lines.append("| μ (reference) | | " + " | ".join(mu[c[0]] for c in ZOO_COLUMNS) + " |")
         finals = {m: h.final(m) for m, _, _ in ZOO_COLUMNS}
         for li, loss in enumerate(h.losses):
-            info = loss_info(loss)
-            label = f"`{loss}`" + (" †" if loss in REFERENCE_FREE else "")
+            info = loss_spec(loss)
+            label = f"`{loss}`" + (" †" if loss_spec(loss).reference_free else "")
             data = "pair" if info.pairwise else f"K = {h.setting.bandit.k}"
             cells = [_cell(finals[m][li], digits, signed) for m, _, signed in ZOO_COLUMNS]
             lines.append("| " + " | ".join([label, data, *cells]) + " |")

@@ -392,7 +392,8 @@ def _validated(
     return {"prompt": prompt, "responses": list(responses), "rewards": [float(r) for r in rewards]}
 
 
-def _sorted_best_first(responses: list, rewards: list) -> tuple[list, list]:
+def sorted_best_first(responses: list, rewards: list) -> tuple[list, list]:
+    """Responses and rewards reordered by reward, best first (stable: ties keep their source order)."""
     order = sorted(range(len(rewards)), key=lambda i: -rewards[i])  # stable: ties keep source order
     return [responses[i] for i in order], [rewards[i] for i in order]
 
@@ -476,7 +477,7 @@ def from_ultrafeedback(
                 raise ExampleError(Reason.NON_FINITE_REWARD, acol, f"is {rating!r} (no rating)")
             rewards.append(_reward(rating, acol))
     if sort_best_first:
-        responses, rewards = _sorted_best_first(responses, rewards)
+        responses, rewards = sorted_best_first(responses, rewards)
     return _validated(
         prompt,
         responses,
@@ -532,7 +533,7 @@ def from_nca_reward(example: Mapping, *, sort_best_first: bool = True, min_respo
     if isinstance(prompt, list):
         responses = [[{"role": "assistant", "content": r}] for r in responses]
     if sort_best_first:
-        responses, rewards = _sorted_best_first(responses, rewards)
+        responses, rewards = sorted_best_first(responses, rewards)
     return _validated(
         prompt, responses, rewards, min_responses=min_responses, columns=("prompt", "A0..A3", "score_A0..")
     )
@@ -910,7 +911,7 @@ def _local_files(name_or_path: str) -> list[str] | None:
     return None
 
 
-def _load_source(name_or_path: str, split: str, *, data_files=None, revision=None, **kwargs):
+def load_source(name_or_path: str, split: str, *, data_files=None, revision=None, **kwargs):
     """``datasets.load_dataset`` of a hub dataset, or of local .json/.jsonl/.parquet files (a file, a
     glob or a folder) under the split name ``split`` (slices such as ``"train[:100]"`` work)."""
     local = _local_files(str(name_or_path)) if data_files is None else None
@@ -962,7 +963,7 @@ def load_k_dataset(
     kwargs = dict(load_kwargs or {})
     if cache_dir is not None:
         kwargs["cache_dir"] = cache_dir
-    ds = _load_source(name_or_path, split, data_files=data_files, revision=revision, **kwargs)
+    ds = load_source(name_or_path, split, data_files=data_files, revision=revision, **kwargs)
     if isinstance(ds, datasets.DatasetDict):  # pragma: no cover - split=None passed explicitly
         raise ValueError(f"split: got several splits {list(ds)}; pass one")
     if max_rows is not None:

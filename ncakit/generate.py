@@ -278,7 +278,7 @@ def generate_k_dataset(
     UltraFeedback data the authors used. Returns ``(rows, stats)``; ``stats`` counts prompts,
     responses, empty responses and distinct responses per prompt, with the reward range.
     """
-    from ncakit.data import _sorted_best_first, save_k_dataset
+    from ncakit.data import sorted_best_first, save_k_dataset
 
     reward_fn = load_reward(reward)
     prompts = list(prompts)
@@ -295,7 +295,7 @@ def generate_k_dataset(
         if isinstance(prompt, list):  # chat prompt: each response becomes one assistant message
             responses = [[{"role": "assistant", "content": r}] for r in responses]
         if sort_best_first:
-            responses, rs = _sorted_best_first(responses, rs)
+            responses, rs = sorted_best_first(responses, rs)
         rows.append({"prompt": prompt, "responses": list(responses), "rewards": list(rs)})
     stats = {
         "prompts": len(rows),
@@ -344,9 +344,9 @@ def load_prompts(
         n = max_prompts or 64
         return [[{"role": "user", "content": r["prompt"]}] for r in synthetic_corpus(n, seed=seed + 5)]
 
-    from ncakit.data import _load_source
+    from ncakit.data import load_source
 
-    ds = _load_source(source, split)
+    ds = load_source(source, split)
     if max_prompts is not None:
         ds = ds.select(range(min(max_prompts, len(ds))))
     if column not in ds.column_names:

@@ -22,10 +22,16 @@ soft labels ``weights`` ``[B, K]``. Formulas are cited by their names in MATH.md
 arXiv:2402.05369). Everything is computed in float32 (float64 stays float64), with
 ``logsigmoid`` / ``log_softmax`` / ``logsumexp`` so that |r̂| up to 1e4 gives finite values.
 
+Each loss is registered at the bottom of this file with its :class:`ncakit.registry.LossSpec`
+(kind, paper, label, colour, TRL name, aliases); :func:`ncakit.get_loss` looks them up by name.
+The helpers a new loss needs are public here: :func:`log_ratios`, :func:`soft_labels`,
+:func:`compute_dtype`, :func:`loss_output`, :func:`chosen_one_hot`, :func:`pairwise_setup`, and the
+input checks of :mod:`ncakit.validation`.
+
 Example::
 
     >>> import torch
-    >>> from ncakit.losses import get_loss
+    >>> from ncakit import get_loss
     >>> policy = torch.zeros(3, 4, requires_grad=True)   # policy == reference
     >>> out = get_loss("nca")(policy, torch.zeros(3, 4), torch.randn(3, 4), beta=0.1)
     >>> round(out.loss.mean().item(), 4)   # MATH.md anchor: NCA = 2 ln 2 at policy = reference
@@ -35,19 +41,16 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from ncakit.registry import LossSpec, register_loss
+from ncakit.validation import check_loss_inputs, check_positive, check_real, shape_str
+
 __all__ = [
     "LossOutput",
-    "LossInfo",
-    "LOSSES",
-    "LOSS_INFO",
-    "get_loss",
     "soft_labels",
     "log_ratios",
     "pairwise_to_k",
@@ -61,6 +64,10 @@ __all__ = [
     "robust_dpo",
     "hinge",
     "plackett_luce",
+    "compute_dtype",
+    "loss_output",
+    "chosen_one_hot",
+    "pairwise_setup",
 ]
 
 
@@ -79,131 +86,8 @@ class LossOutput(NamedTuple):
     weights: torch.Tensor
 
 
-# --------------------------------------------------------------------------------------------
-# Validation at the public boundary. Every message names the argument, what it got and what
-# was expected, so a wrong call fails where it is made rather than three layers deeper.
-# --------------------------------------------------------------------------------------------
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
-
-
-def _check_tensor(name: str, t, *, floating: bool = True) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of shape [B, K], got {type(t).__name__}")
-    if floating and not t.is_floating_point():
-        raise TypeError(
-            f"{name}: expected a floating-point tensor (float32/float64/bfloat16/float16), got {t.dtype}"
-        )
-    if t.dim() != 2:
-        raise ValueError(f"{name}: expected shape [B, K] (2-D: prompts x responses), got {_shape(t)}")
-
-
-def _check_positive(name: str, value) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise TypeError(f"{name}: expected a positive float, got a tensor of shape {list(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a positive float, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: expected a finite value > 0, got {value}")
-    return float(value)
-
-
-def _check_fraction(name: str, value, low: float, high: float, high_inclusive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{name}: expected a float in [{low}, {high}{']' if high_inclusive else ')'}, got {type(value).__name__}"
-        )
-    ok = low <= value <= high if high_inclusive else low <= value < high
-    if not ok:
-        raise ValueError(
-            f"{name}: expected a value in [{low}, {high}{']' if high_inclusive else ')'}, got {value}"
-        )
-    return float(value)
-
-
-def _validate(
-    policy_logps: torch.Tensor,
-    ref_logps: torch.Tensor,
-    rewards: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    *,
-    need_rewards: bool,
-    pairwise: bool,
-    check_finite: bool,
-) -> None:
-    _check_tensor("policy_logps", policy_logps)
-    _check_tensor("ref_logps", ref_logps)
-    B, K = policy_logps.shape
-    if B == 0:
-        raise ValueError("policy_logps: empty batch (B = 0); expected at least one prompt, shape [B >= 1, K]")
-    if K < 2:
-        raise ValueError(
-            f"policy_logps: expected K >= 2 responses per prompt, got shape {_shape(policy_logps)}"
-        )
-    if ref_logps.shape != policy_logps.shape:
-        raise ValueError(
-            f"ref_logps: expected the same shape as policy_logps {_shape(policy_logps)}, got {_shape(ref_logps)}"
-        )
-    if pairwise and K != 2:
-        raise ValueError(
-            f"policy_logps: pairwise losses expect K = 2 (chosen in column 0, rejected in column 1), got shape "
-            f"{_shape(policy_logps)}; use a K-way loss ('infonca', 'nca', 'plackett_luce') or build pairs first"
-        )
-    if rewards is None:
-        if need_rewards:
-            raise ValueError(
-                f"rewards: this loss needs explicit rewards of shape {_shape(policy_logps)}, got None"
-            )
-    else:
-        _check_tensor("rewards", rewards)
-        if rewards.shape != policy_logps.shape:
-            raise ValueError(
-                f"rewards: expected the same shape as policy_logps {_shape(policy_logps)}, got {_shape(rewards)}"
-            )
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask: expected a bool torch.Tensor of shape [B, K], got {type(mask).__name__}")
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask: expected dtype torch.bool (True = real response), got {mask.dtype}")
-        if mask.shape != policy_logps.shape:
-            raise ValueError(
-                f"mask: expected shape {_shape(policy_logps)} like policy_logps, got {_shape(mask)}"
-            )
-        n_valid = mask.sum(dim=1)
-        if bool((n_valid < 2).any()):
-            bad = torch.nonzero(n_valid < 2).flatten()[:5].tolist()
-            raise ValueError(
-                f"mask: every prompt needs at least 2 valid responses; rows {bad} have fewer "
-                f"(valid counts {n_valid[bad].tolist()})"
-            )
-    if check_finite:
-        valid = mask if mask is not None else torch.ones_like(policy_logps, dtype=torch.bool)
-        for name, t in (("policy_logps", policy_logps), ("ref_logps", ref_logps), ("rewards", rewards)):
-            if t is None:
-                continue
-            finite = torch.isfinite(t) | ~valid
-            if not bool(finite.all()):
-                where = torch.nonzero(~finite)[0].tolist()
-                raise ValueError(
-                    f"{name}: expected finite values for every valid response, found {t[tuple(where)].item()} "
-                    f"at [b, k] = {where} ({int((~finite).sum())} non-finite in all)"
-                )
-    if pairwise and rewards is not None:
-        wrong = rewards[:, 0] < rewards[:, 1]
-        if bool(wrong.any()):
-            rows = torch.nonzero(wrong).flatten()[:5].tolist()
-            raise ValueError(
-                "rewards: pairwise losses expect the chosen response first (rewards[:, 0] >= rewards[:, 1]); "
-                f"rows {rows} have the higher reward in column 1. Reorder with pairwise_to_k(chosen, rejected)."
-            )
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    # Compute in float32 even for bf16/fp16 input (DESIGN.md, numerics); keep float64 for the oracles.
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float32 for float32/bf16/fp16 input (stable logsigmoid/logsumexp), float64 for float64 (the oracles)."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
@@ -216,7 +100,7 @@ def log_ratios(
     policy_logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """s = log π_θ − log μ ``[B, K]`` in the compute dtype, 0 where ``mask`` is False (MATH.md, notation)."""
-    dtype = _compute_dtype(policy_logps)
+    dtype = compute_dtype(policy_logps)
     s = policy_logps.to(dtype) - ref_logps.to(dtype)
     if mask is not None:
         # where() (not multiply) so that a NaN/inf in a padded slot cannot leak into values or grads.
@@ -243,8 +127,9 @@ def soft_labels(
     Returns:
         ``[B, K]`` weights, each row summing to 1 over the valid responses, in float32/float64.
     """
-    alpha = _check_positive("alpha", alpha)
-    dtype = _compute_dtype(rewards)
+    alpha = check_positive("alpha", alpha)
+    first_bonus = check_real("first_bonus", first_bonus)
+    dtype = compute_dtype(rewards)
     r = rewards.to(dtype)
     if first_bonus:
         r = r.clone()
@@ -255,11 +140,13 @@ def soft_labels(
     return torch.softmax(logits, dim=-1)
 
 
-def _output(loss: torch.Tensor, s: torch.Tensor, beta: float, weights: torch.Tensor) -> LossOutput:
+def loss_output(loss: torch.Tensor, s: torch.Tensor, beta: float, weights: torch.Tensor) -> LossOutput:
+    """The :class:`LossOutput` of a loss: ``loss`` [B], r̂ = β·s and ``weights`` [B, K], both detached."""
     return LossOutput(loss=loss, implicit_rewards=(beta * s).detach(), weights=weights.detach())
 
 
-def _pairwise_weights(s: torch.Tensor) -> torch.Tensor:
+def chosen_one_hot(s: torch.Tensor) -> torch.Tensor:
+    """``[B, 2]`` labels of a pairwise loss: 1 on the chosen response (column 0), 0 on the rejected."""
     w = torch.zeros_like(s)
     w[:, 0] = 1.0
     return w
@@ -293,16 +180,16 @@ def infonca(
         beta: β > 0, the KL-regularisation strength (implicit reward scale).
         alpha: α > 0, the reward temperature of the soft labels.
         first_bonus: tie-break bonus on column 0 (authors' code: 0.01); default 0.
-        validate: check shapes, dtypes and finiteness (one host sync); default True.
+        validate: check shapes, dtypes and finiteness (up to five host syncs, see :func:`ncakit.validation.check_loss_inputs`); default True.
 
     Returns:
         :class:`LossOutput` with loss ``[B]``.
     """
     if validate:
-        _validate(
+        check_loss_inputs(
             policy_logps, ref_logps, rewards, mask, need_rewards=True, pairwise=False, check_finite=True
         )
-    beta = _check_positive("beta", beta)
+    beta = check_positive("beta", beta)
     s = log_ratios(policy_logps, ref_logps, mask)
     w = soft_labels(rewards, alpha, mask, first_bonus)
     logits = beta * s
@@ -312,7 +199,7 @@ def infonca(
     if mask is not None:
         log_p = torch.where(mask, log_p, torch.zeros((), dtype=log_p.dtype, device=log_p.device))
     loss = -(w * log_p).sum(dim=-1)  # MATH.md InfoNCA: sum over K, no 1/K
-    return _output(loss, s, beta, w)
+    return loss_output(loss, s, beta, w)
 
 
 def nca(
@@ -338,10 +225,10 @@ def nca(
     Args: as :func:`infonca`.
     """
     if validate:
-        _validate(
+        check_loss_inputs(
             policy_logps, ref_logps, rewards, mask, need_rewards=True, pairwise=False, check_finite=True
         )
-    beta = _check_positive("beta", beta)
+    beta = check_positive("beta", beta)
     s = log_ratios(policy_logps, ref_logps, mask)
     w = soft_labels(rewards, alpha, mask, first_bonus)
     r_hat = beta * s
@@ -355,7 +242,7 @@ def nca(
         )
     # w is 0 at masked slots, and r̂ there is 0 (finite), so the first sum needs no extra masking.
     loss = -(w * F.logsigmoid(r_hat)).sum(dim=-1) - neg / k  # MATH.md NCA
-    return _output(loss, s, beta, w)
+    return loss_output(loss, s, beta, w)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,12 +250,14 @@ def nca(
 # --------------------------------------------------------------------------------------------
 
 
-def _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate):
+def pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate) -> tuple[float, torch.Tensor]:
+    """What every pairwise loss does first: check the ``[B, 2]`` inputs (if ``validate``) and β, and
+    return ``(beta, s)`` with s = log π_θ − log μ ``[B, 2]`` in the compute dtype."""
     if validate:
-        _validate(
+        check_loss_inputs(
             policy_logps, ref_logps, rewards, mask, need_rewards=False, pairwise=True, check_finite=True
         )
-    beta = _check_positive("beta", beta)
+    beta = check_positive("beta", beta)
     s = log_ratios(policy_logps, ref_logps)  # K = 2 and both valid: the mask cannot remove anything
     return beta, s
 
@@ -387,9 +276,9 @@ def dpo(
     Inputs are ``[B, 2]`` with the chosen response in column 0. Equals :func:`infonca` with K = 2
     and one-hot labels, and :func:`plackett_luce` with K = 2.
     """
-    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     h = beta * (s[:, 0] - s[:, 1])
-    return _output(-F.logsigmoid(h), s, beta, _pairwise_weights(s))
+    return loss_output(-F.logsigmoid(h), s, beta, chosen_one_hot(s))
 
 
 def nca_pair(
@@ -405,10 +294,10 @@ def nca_pair(
 
     L = −log σ(r̂_w) − ½·log σ(−r̂_w) − ½·log σ(−r̂_l),   optimum r̂_w* = log 2.
     """
-    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     rw, rl = beta * s[:, 0], beta * s[:, 1]
     loss = -F.logsigmoid(rw) - 0.5 * F.logsigmoid(-rw) - 0.5 * F.logsigmoid(-rl)
-    return _output(loss, s, beta, _pairwise_weights(s))
+    return loss_output(loss, s, beta, chosen_one_hot(s))
 
 
 def biased_nca(
@@ -425,9 +314,9 @@ def biased_nca(
     Same formula as TRL's ``"bco_pair"`` (registered as an alias). Its optimum pushes r̂_w → +∞
     and r̂_l → −∞ (no finite optimum), unlike :func:`nca_pair`.
     """
-    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     loss = -F.logsigmoid(beta * s[:, 0]) - F.logsigmoid(-beta * s[:, 1])
-    return _output(loss, s, beta, _pairwise_weights(s))
+    return loss_output(loss, s, beta, chosen_one_hot(s))
 
 
 def ipo(
@@ -447,16 +336,16 @@ def ipo(
     ``lengths`` ``[B, 2]`` (response token counts) and the log-ratios are divided by them here,
     as TRL does. ``implicit_rewards`` are β times the log-ratios actually used.
     """
-    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     if lengths is not None:
         if not isinstance(lengths, torch.Tensor) or lengths.shape != s.shape:
-            got = _shape(lengths) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
-            raise ValueError(f"lengths: expected a tensor of shape {_shape(s)} (token counts), got {got}")
+            got = shape_str(lengths) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+            raise ValueError(f"lengths: expected a tensor of shape {shape_str(s)} (token counts), got {got}")
         if bool((lengths <= 0).any()):
             raise ValueError("lengths: expected positive token counts for every response")
         s = s / lengths.to(s.dtype)
     loss = (s[:, 0] - s[:, 1] - 1.0 / (2.0 * beta)) ** 2
-    return _output(loss, s, beta, _pairwise_weights(s))
+    return loss_output(loss, s, beta, chosen_one_hot(s))
 
 
 def label_smoothed_dpo(
@@ -475,11 +364,11 @@ def label_smoothed_dpo(
 
     ε = 0 is DPO.
     """
-    eps = _check_fraction("label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=True)
-    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    eps = check_real("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     h = beta * (s[:, 0] - s[:, 1])
     loss = -(1.0 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)
-    return _output(loss, s, beta, _pairwise_weights(s))
+    return loss_output(loss, s, beta, chosen_one_hot(s))
 
 
 def robust_dpo(
@@ -498,11 +387,11 @@ def robust_dpo(
 
     An unbiased estimate of the clean DPO loss under label flips at rate ε. ε = 0 is DPO.
     """
-    eps = _check_fraction("label_smoothing", label_smoothing, 0.0, 0.5, high_inclusive=False)
-    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    eps = check_real("label_smoothing", label_smoothing, low=0.0, high=0.5, high_inclusive=False)
+    beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     h = beta * (s[:, 0] - s[:, 1])
     loss = ((1.0 - eps) * (-F.logsigmoid(h)) - eps * (-F.logsigmoid(-h))) / (1.0 - 2.0 * eps)
-    return _output(loss, s, beta, _pairwise_weights(s))
+    return loss_output(loss, s, beta, chosen_one_hot(s))
 
 
 def hinge(
@@ -515,9 +404,9 @@ def hinge(
     validate: bool = True,
 ) -> LossOutput:
     """Hinge / SLiC (Zhao et al. 2023; TRL ``"hinge"``): L = max(0, 1 − h), h = r̂_w − r̂_l (MATH.md)."""
-    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     h = beta * (s[:, 0] - s[:, 1])
-    return _output(torch.relu(1.0 - h), s, beta, _pairwise_weights(s))
+    return loss_output(torch.relu(1.0 - h), s, beta, chosen_one_hot(s))
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,11 +435,11 @@ def plackett_luce(
     and so the loss, does not depend on it.
     """
     if validate:
-        _validate(
+        check_loss_inputs(
             policy_logps, ref_logps, rewards, mask, need_rewards=True, pairwise=False, check_finite=True
         )
-    beta = _check_positive("beta", beta)
-    _check_positive("alpha", alpha)
+    beta = check_positive("beta", beta)
+    check_positive("alpha", alpha)
     s = log_ratios(policy_logps, ref_logps, mask)
     B, K = s.shape
     dtype = s.dtype
@@ -574,11 +463,11 @@ def plackett_luce(
     )
     loss = -terms.sum(dim=-1)
     best = torch.zeros_like(s).scatter_(1, order[:, :1], 1.0)
-    return _output(loss, s, beta, best)
+    return loss_output(loss, s, beta, best)
 
 
 # --------------------------------------------------------------------------------------------
-# Pairwise <-> K-way, and the registry
+# Pairwise <-> K-way
 # --------------------------------------------------------------------------------------------
 
 
@@ -593,99 +482,107 @@ def pairwise_to_k(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor of shape [B], got {type(t).__name__}")
         if t.dim() != 1:
-            raise ValueError(f"{name}: expected shape [B], got {_shape(t)}")
+            raise ValueError(f"{name}: expected shape [B], got {shape_str(t)}")
     if chosen.shape != rejected.shape:
         raise ValueError(
-            f"rejected: expected the same shape as chosen {_shape(chosen)}, got {_shape(rejected)}"
+            f"rejected: expected the same shape as chosen {shape_str(chosen)}, got {shape_str(rejected)}"
         )
     return torch.stack([chosen, rejected], dim=1)
 
 
-LossFn = Callable[..., LossOutput]
+# --------------------------------------------------------------------------------------------
+# Registry entries (ncakit.registry): every fact about each loss, in one place
+# --------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class LossInfo:
-    """Registry entry: the function, whether it is pairwise (K = 2 only), whether it needs rewards,
-    its paper, and TRL's name for it where TRL has it."""
-
-    name: str
-    fn: LossFn
-    pairwise: bool
-    needs_rewards: bool
-    paper: str
-    trl_name: str | None = None
-
-
-_INFOS = [
-    LossInfo("infonca", infonca, False, True, "Chen et al. 2024, arXiv:2402.05369"),
-    LossInfo("nca", nca, False, True, "Chen et al. 2024, arXiv:2402.05369"),
-    LossInfo(
-        "plackett_luce", plackett_luce, False, True, "Rafailov et al. 2023 App. A.3; Song et al. 2023 (PRO)"
+_CHEN = "Chen et al. 2024, arXiv:2402.05369"
+# Colours: Okabe & Ito 2008 (colour-blind safe) for the losses the project discusses most.
+for _spec in (
+    LossSpec("infonca", infonca, "k-way", True, _CHEN, "InfoNCA", "#E69F00"),  # orange
+    LossSpec("nca", nca, "k-way", True, _CHEN, "NCA", "#0072B2"),  # blue
+    LossSpec(
+        "plackett_luce",
+        plackett_luce,
+        "k-way",
+        True,
+        "Rafailov et al. 2023 App. A.3; Song et al. 2023 (PRO)",
+        "Plackett–Luce",
+        "#CC79A7",  # reddish purple
+        aliases=("pl",),
     ),
-    LossInfo("dpo", dpo, True, False, "Rafailov et al. 2023, arXiv:2305.18290", "sigmoid"),
-    LossInfo("nca_pair", nca_pair, True, False, "Chen et al. 2024, arXiv:2402.05369", "nca_pair"),
-    LossInfo("biased_nca", biased_nca, True, False, "Chen et al. 2024 (authors' code)", "bco_pair"),
-    LossInfo("ipo", ipo, True, False, "Azar et al. 2023, arXiv:2310.12036", "ipo"),
-    LossInfo(
+    LossSpec(
+        "dpo",
+        dpo,
+        "pairwise",
+        False,
+        "Rafailov et al. 2023, arXiv:2305.18290",
+        "DPO",
+        "#D55E00",  # vermillion
+        trl_name="sigmoid",
+        aliases=("sigmoid",),
+    ),
+    LossSpec(
+        "nca_pair",
+        nca_pair,
+        "pairwise",
+        False,
+        _CHEN,
+        "NCA (pairwise)",
+        "#56B4E9",  # sky blue
+        trl_name="nca_pair",
+    ),
+    LossSpec(
+        "biased_nca",
+        biased_nca,
+        "pairwise",
+        False,
+        "Chen et al. 2024 (authors' code)",
+        "biased NCA",
+        "#332288",  # indigo
+        trl_name="bco_pair",
+        aliases=("bco_pair",),
+    ),
+    LossSpec(
+        "ipo",
+        ipo,
+        "pairwise",
+        False,
+        "Azar et al. 2023, arXiv:2310.12036",
+        "IPO",
+        "#009E73",  # bluish green
+        trl_name="ipo",
+    ),
+    LossSpec(
         "label_smoothed_dpo",
         label_smoothed_dpo,
-        True,
+        "pairwise",
         False,
         "Mitchell 2023 (cDPO note)",
-        "sigmoid + label_smoothing",
+        "cDPO",
+        "#AA4499",  # purple
+        trl_name="sigmoid + label_smoothing",
+        aliases=("cdpo",),
     ),
-    LossInfo("robust_dpo", robust_dpo, True, False, "Chowdhury et al. 2024, arXiv:2403.00409", "robust"),
-    LossInfo("hinge", hinge, True, False, "Zhao et al. 2023 (SLiC), arXiv:2305.10425", "hinge"),
-]
-
-#: Canonical name -> :class:`LossInfo`.
-LOSS_INFO: dict[str, LossInfo] = {info.name: info for info in _INFOS}
-
-#: Other accepted names (TRL's where they differ) -> canonical name.
-ALIASES: dict[str, str] = {
-    "sigmoid": "dpo",
-    "robust": "robust_dpo",
-    "cdpo": "label_smoothed_dpo",
-    "bco_pair": "biased_nca",
-    "pl": "plackett_luce",
-    "slic": "hinge",
-}
-
-#: Every accepted name (canonical and alias) -> loss function.
-LOSSES: dict[str, LossFn] = {
-    **{n: i.fn for n, i in LOSS_INFO.items()},
-    **{a: LOSS_INFO[c].fn for a, c in ALIASES.items()},
-}
-
-
-def register_loss(info: LossInfo, aliases: tuple[str, ...] = ()) -> None:
-    """Add a loss to the registry (used by :mod:`ncakit.zoo`-style extension modules)."""
-    if info.name in LOSS_INFO or info.name in ALIASES:
-        raise ValueError(f"info.name: a loss named {info.name!r} is already registered")
-    LOSS_INFO[info.name] = info
-    LOSSES[info.name] = info.fn
-    for alias in aliases:
-        if alias in LOSSES:
-            raise ValueError(f"aliases: {alias!r} is already a registered loss name")
-        ALIASES[alias] = info.name
-        LOSSES[alias] = info.fn
-
-
-def loss_info(name: str) -> LossInfo:
-    """The :class:`LossInfo` of a loss name or alias (``ValueError`` listing the names if unknown)."""
-    if not isinstance(name, str):
-        raise TypeError(f"name: expected a loss name (str), got {type(name).__name__}")
-    key = ALIASES.get(name, name)
-    if key not in LOSS_INFO:
-        raise ValueError(f"name: unknown loss {name!r}; expected one of {sorted(LOSSES)}")
-    return LOSS_INFO[key]
-
-
-def get_loss(name: str) -> LossFn:
-    """Look a loss up by name: ``get_loss("nca")(policy_logps, ref_logps, rewards, beta=0.1)``.
-
-    Names follow TRL where TRL has the loss (``"sigmoid"`` = ``"dpo"``, ``"ipo"``, ``"hinge"``,
-    ``"robust"``, ``"nca_pair"``, ``"bco_pair"``); see :data:`LOSSES` for all of them.
-    """
-    return loss_info(name).fn
+    LossSpec(
+        "robust_dpo",
+        robust_dpo,
+        "pairwise",
+        False,
+        "Chowdhury et al. 2024, arXiv:2403.00409",
+        "robust DPO",
+        "#999933",  # olive
+        trl_name="robust",
+        aliases=("robust",),
+    ),
+    LossSpec(
+        "hinge",
+        hinge,
+        "pairwise",
+        False,
+        "Zhao et al. 2023 (SLiC), arXiv:2305.10425",
+        "hinge (SLiC)",
+        "#882255",  # wine
+        trl_name="hinge",
+        aliases=("slic",),
+    ),
+):
+    register_loss(_spec)

@@ -37,7 +37,6 @@ caller (``toy/demo.py`` selects Agg).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,14 +49,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from ncakit.losses import ALIASES, LOSS_INFO, loss_info
+from ncakit.registry import ALIASES, LOSS_SPECS, REFERENCE_COLOR, loss_color, loss_label, loss_spec
 
 __all__ = [
-    "LOSS_COLORS",
-    "LOSS_LABELS",
-    "REFERENCE_COLOR",
-    "loss_color",
-    "loss_label",
     "loss_style",
     "style",
     "plot_dynamics",
@@ -78,75 +72,10 @@ __all__ = [
     "save_figure",
 ]
 
-#: Fixed colours of the losses the project discusses (Okabe & Ito 2008 palette + Tol for the rest).
-LOSS_COLORS: dict[str, str] = {
-    "dpo": "#D55E00",  # vermillion
-    "infonca": "#E69F00",  # orange
-    "nca": "#0072B2",  # blue
-    "nca_pair": "#56B4E9",  # sky blue
-    "plackett_luce": "#CC79A7",  # reddish purple
-    "ipo": "#009E73",  # bluish green
-    "biased_nca": "#332288",  # indigo
-    "hinge": "#882255",  # wine
-    "label_smoothed_dpo": "#AA4499",  # purple
-    "robust_dpo": "#999933",  # olive
-    # The zoo (ncakit.zoo), from Paul Tol's palettes: warm for the DPO variants, cool for NCA-like ones.
-    "f_dpo_forward_kl": "#CC3311",  # red
-    "f_dpo_js": "#BB5566",  # rose
-    "f_dpo_alpha": "#EE8866",  # salmon
-    "dpop": "#EE3377",  # magenta
-    "cpl": "#997700",  # ochre
-    "asft": "#44AA99",  # teal
-    "pro": "#DDCC77",  # sand
-    "sppo": "#117733",  # green
-    "nca_lsc": "#004488",  # dark blue
-    "infonca_lsc": "#CCBB44",  # yellow
-}
-#: The reference policy μ (and other neutral references) in every figure.
-REFERENCE_COLOR = "#6E6E6E"
-
-#: Display names.
-LOSS_LABELS: dict[str, str] = {
-    "dpo": "DPO",
-    "infonca": "InfoNCA",
-    "nca": "NCA",
-    "nca_pair": "NCA (pairwise)",
-    "plackett_luce": "Plackett–Luce",
-    "ipo": "IPO",
-    "biased_nca": "biased NCA",
-    "hinge": "hinge (SLiC)",
-    "label_smoothed_dpo": "cDPO",
-    "robust_dpo": "robust DPO",
-    "sppo": "SPPO",
-    "f_dpo": "f-DPO",
-    "f_dpo_forward_kl": "f-DPO (forward KL)",
-    "f_dpo_js": "f-DPO (JS)",
-    "f_dpo_alpha": "f-DPO (α-div.)",
-    "dpop": "DPOP",
-    "pro": "PRO",
-    "asft": "ASFT",
-    "cpl": "CPL",
-    "nca_lsc": "NCA (LSC rewards)",
-    "infonca_lsc": "InfoNCA (LSC rewards)",
-}
-
-# Paul Tol's "muted" palette (colour-blind safe) for names without a fixed colour.
-_FALLBACK = (
-    "#CC6677",
-    "#117733",
-    "#88CCEE",
-    "#DDCC77",
-    "#44AA99",
-    "#882255",
-    "#332288",
-    "#999933",
-    "#AA4499",
-)
-
 
 def _is_pairwise(key: str) -> bool:
     """Pairwise per the loss registry (the zoo's too); False for names it does not know."""
-    info = LOSS_INFO.get(key)
+    info = LOSS_SPECS.get(key)
     return info is not None and info.pairwise
 
 
@@ -154,21 +83,6 @@ def _canonical(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name: expected a loss name (str), got {type(name).__name__}")
     return ALIASES.get(name, name)
-
-
-def loss_color(name: str) -> str:
-    """The colour of a loss (aliases such as ``"sigmoid"`` map to their loss). Unknown names get a
-    stable colour: the same name gives the same colour in every process (md5, not ``hash``)."""
-    key = _canonical(name)
-    if key in LOSS_COLORS:
-        return LOSS_COLORS[key]
-    digest = int(hashlib.md5(key.encode()).hexdigest(), 16)
-    return _FALLBACK[digest % len(_FALLBACK)]
-
-
-def loss_label(name: str) -> str:
-    """Display name of a loss (``"nca_pair"`` -> ``"NCA (pairwise)"``); unknown names unchanged."""
-    return LOSS_LABELS.get(_canonical(name), name)
 
 
 def loss_style(name: str) -> dict:
@@ -203,28 +117,6 @@ def style():
     """Large fonts and thick lines for a projector (used by every figure function)."""
     with mpl.rc_context(_RC):
         yield
-
-
-def notebook_style(font_size: float = 13, figsize: tuple[float, float] | None = (10, 4)) -> None:
-    """Set the tutorials' matplotlib defaults for the whole session (one call, in the set-up cell).
-
-    Readable fonts (titles one point larger, legends one smaller), a light grid and a wide default
-    figure (``figsize=None`` keeps matplotlib's). The figure functions of this module use
-    :func:`style` on top of it.
-    """
-    if not font_size > 0:
-        raise ValueError(f"font_size: expected a positive number, got {font_size!r}")
-    rc = {
-        "font.size": font_size,
-        "axes.titlesize": font_size + 1,
-        "axes.labelsize": font_size,
-        "legend.fontsize": font_size - 1,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-    }
-    if figsize is not None:
-        rc["figure.figsize"] = tuple(figsize)
-    plt.rcParams.update(rc)
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -503,7 +395,7 @@ def plot_ranks(runs: dict, losses: Sequence[str] | None = None) -> Figure:
     policy can reach it (Σ_seen μ·e^{s*} <= 1) in at least half the prompts, noted otherwise."""
 
     hs = _check_runs(runs)
-    losses = [n for n in (losses or hs[0].losses) if not loss_info(n).pairwise]
+    losses = [n for n in (losses or hs[0].losses) if not loss_spec(n).pairwise]
     if not losses:
         raise ValueError("losses: plot_ranks needs at least one K-way loss (e.g. 'infonca', 'nca')")
     K = hs[0].metrics["rank_logratio"].shape[-1]
@@ -1125,10 +1017,10 @@ def live_controls(
 _ZOO_LINTHRESH = 1.0  # symlog: linear within ±1 nat, logarithmic beyond (values reach −10^4 under robust DPO)
 
 
-def _zoo_marker(name: str, reference_free: frozenset) -> dict:
+def _zoo_marker(name: str) -> dict:
     """Squares for pairwise losses, circles for K-way ones; hollow for reference-free ones."""
     col = loss_color(name)
-    face = "white" if _canonical(name) in reference_free else col
+    face = "white" if loss_spec(name).reference_free else col
     return {"marker": "s" if _is_pairwise(_canonical(name)) else "o", "mfc": face, "mec": col, "mew": 2.2}
 
 
@@ -1165,10 +1057,9 @@ def plot_zoo(runs: dict, losses: Sequence[str] | None = None, *, order_by: str |
 
     A row per loss rather than a scatter of chosen vs gain: in the control setting most losses land on
     the same point, and 20 labels on one point are unreadable. Markers: squares pairwise, circles K-way,
-    hollow reference-free (:data:`ncakit.bandit.REFERENCE_FREE`). Rows are sorted by the chosen log-ratio
+    hollow reference-free (:attr:`ncakit.registry.LossSpec.reference_free`). Rows are sorted by the chosen log-ratio
     in ``order_by`` (default: the last setting, the shared one of the zoo preset), highest on top.
     """
-    from ncakit.bandit import REFERENCE_FREE
 
     hs = _check_runs(runs)
     losses = list(losses or hs[0].losses)
@@ -1207,7 +1098,7 @@ def plot_zoo(runs: dict, losses: Sequence[str] | None = None, *, order_by: str |
                     ax.errorbar(
                         v.mean(), yi, xerr=v.std(ddof=1) if v.size > 1 else None, color=loss_color(n),
                         markersize=9, capsize=3, elinewidth=1.8, linestyle="none",
-                        **_zoo_marker(n, REFERENCE_FREE),
+                        **_zoo_marker(n),
                     )  # fmt: skip
             # chosen log-ratio: symlog, the region where the chosen likelihood fell shaded
             lo = min(float(chosen.min()), -1.0)
@@ -1287,7 +1178,7 @@ def preset_figures(runs: dict, sweep: str | None = None, report: str = "standard
         "mass": plot_mass(runs),
         "reward_kl": plot_reward_kl(runs),
     }
-    if any(not loss_info(n).pairwise for n in hs[0].losses):
+    if any(not loss_spec(n).pairwise for n in hs[0].losses):
         figs["ranks"] = plot_ranks(runs)
     if sweep:
         figs[f"sweep_{sweep}"] = plot_sweep(runs, sweep)

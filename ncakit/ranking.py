@@ -38,7 +38,8 @@ from typing import NamedTuple
 
 import torch
 
-from ncakit.losses import LossOutput, _check_positive, _check_tensor, _shape
+from ncakit.losses import LossOutput
+from ncakit.validation import check_positive, check_tensor, shape_str
 
 __all__ = [
     "PairAccuracy",
@@ -73,10 +74,10 @@ def _result(correct: int, total: int, skipped: int) -> PairAccuracy:
 
 def _check_inputs(name: str, scores: torch.Tensor, rewards, mask) -> torch.Tensor:
     """Validate ``[B, K]`` scores, optional rewards and mask; return the valid-slot mask."""
-    _check_tensor(name, scores)
+    check_tensor(name, scores)
     B, K = scores.shape
     if B == 0 or K < 2:
-        raise ValueError(f"{name}: expected shape [B >= 1, K >= 2], got {_shape(scores)}")
+        raise ValueError(f"{name}: expected shape [B >= 1, K >= 2], got {shape_str(scores)}")
     if rewards is None:
         if K != 2:
             raise ValueError(
@@ -84,15 +85,17 @@ def _check_inputs(name: str, scores: torch.Tensor, rewards, mask) -> torch.Tenso
                 "defined"
             )
     else:
-        _check_tensor("rewards", rewards)
+        check_tensor("rewards", rewards)
         if rewards.shape != scores.shape:
-            raise ValueError(f"rewards: expected shape {_shape(scores)} like {name}, got {_shape(rewards)}")
+            raise ValueError(
+                f"rewards: expected shape {shape_str(scores)} like {name}, got {shape_str(rewards)}"
+            )
     if mask is None:
         valid = torch.ones(B, K, dtype=torch.bool, device=scores.device)
     else:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != scores.shape:
-            got = f"{mask.dtype} {_shape(mask)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"mask: expected a bool tensor of shape {_shape(scores)}, got {got}")
+            got = f"{mask.dtype} {shape_str(mask)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask: expected a bool tensor of shape {shape_str(scores)}, got {got}")
         valid = mask
         n_valid = valid.sum(dim=1)
         if bool((n_valid < 2).any()):
@@ -124,9 +127,9 @@ def _better(rewards, valid: torch.Tensor):
 
 def _lengths(lengths, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     if not isinstance(lengths, torch.Tensor) or lengths.shape != scores.shape:
-        got = _shape(lengths) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+        got = shape_str(lengths) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
         raise ValueError(
-            f"lengths: expected a tensor of shape {_shape(scores)} (response token counts), got {got}"
+            f"lengths: expected a tensor of shape {shape_str(scores)} (response token counts), got {got}"
         )
     if bool(((lengths <= 0) & valid).any()):
         raise ValueError("lengths: expected positive token counts for every valid response")
@@ -195,7 +198,7 @@ def implicit_reward_accuracy(
 def _check_preference_probs(preference_probs, B: int, eps: float) -> torch.Tensor:
     if not (isinstance(preference_probs, torch.Tensor) and preference_probs.shape in ((B,), (B, 1))):
         got = (
-            _shape(preference_probs)
+            shape_str(preference_probs)
             if isinstance(preference_probs, torch.Tensor)
             else type(preference_probs).__name__
         )
@@ -222,10 +225,10 @@ def idealized_log_ratio_margin(
     """log π*(y_w|x) − log π*(y_l|x) of the perfectly optimised DPO / RLHF policy ``[B]`` (Theorem 3.1,
     Eq. 6): log μ(y_w|x) − log μ(y_l|x) + logit(α)/β, with α = P(y_w ≻ y_l). ±inf where α ∈ {1, 0}
     (unless ``eps`` > 0 clips α to [ε, 1 − ε]; the paper used ε = 0.001, App. C.4)."""
-    _check_tensor("ref_logps", ref_logps)
+    check_tensor("ref_logps", ref_logps)
     if ref_logps.shape[-1] != 2 or ref_logps.shape[0] == 0:
-        raise ValueError(f"ref_logps: expected shape [B, 2] (chosen in column 0), got {_shape(ref_logps)}")
-    beta = _check_positive("beta", beta)
+        raise ValueError(f"ref_logps: expected shape [B, 2] (chosen in column 0), got {shape_str(ref_logps)}")
+    beta = check_positive("beta", beta)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 0.5:
         raise ValueError(f"eps: expected a float in [0, 0.5), got {eps!r}")
     B = ref_logps.shape[0]

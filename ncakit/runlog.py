@@ -14,7 +14,7 @@ metrics, eval records the same names prefixed ``eval_``) and ``summary.json``.
 Held-out (``eval_``) curves are drawn bold when the run has at least two evaluations, the training
 window averages thin behind them. Chen et al. 2024 (MATH.md, "Facts about the authors' released
 setup") report, in kind: NCA keeps the chosen reward near or above 0 while DPO / InfoNCA push it
-down. Colours come from :func:`ncakit.plots.loss_color`, shared with every figure of the project.
+down. Colours come from :func:`ncakit.registry.loss_color`, shared with every figure of the project.
 
 matplotlib is imported here (``import ncakit`` does not import this module).
 """
@@ -30,17 +30,7 @@ import numpy as np
 
 __all__ = ["RunLog", "read_run", "plot_run_dynamics", "rank_keys"]
 
-try:  # the project-wide colours (ncakit.plots); a fallback keeps this module usable on its own
-    from ncakit.plots import REFERENCE_COLOR, loss_color, loss_label
-except ImportError:  # pragma: no cover - only while ncakit.plots is unavailable
-    _FALLBACK_COLORS = {"dpo": "#D55E00", "infonca": "#E69F00", "nca": "#0072B2", "nca_pair": "#56B4E9"}
-    REFERENCE_COLOR = "#6E6E6E"
-
-    def loss_color(name: str) -> str:
-        return _FALLBACK_COLORS.get(name, "#117733")
-
-    def loss_label(name: str) -> str:
-        return name
+from ncakit.registry import REFERENCE_COLOR, loss_color, loss_label
 
 
 @dataclass

@@ -10,7 +10,7 @@ scheduler; ``accelerator.prepare`` them; loop over batches under ``accelerator.a
 is ncakit's own is the step, and it is the design card's sentence::
 
     policy_logps = batch_logps(model, batch)                                    # [B, K]
-    out = get_loss(cfg.loss)(policy_logps, ref_logps, rewards, beta=cfg.beta, mask=mask, **cfg.loss_kwargs)
+    out = get_loss(cfg.loss)(policy_logps, ref_logps, rewards, mask=mask, **{"beta": cfg.beta, **cfg.loss_kwargs})
     accelerator.backward(out.loss.mean())
 
 the same call the toy bandits and the tutorials make (MATH.md, the losses by name).
@@ -59,7 +59,7 @@ from typing import Any
 import torch
 
 from ncakit.data import KResponseCollator, load_k_dataset, make_dataloader, to_pairwise, tokenize_k_dataset
-from ncakit.losses import LossOutput, get_loss, loss_info
+from ncakit.losses import LossOutput
 from ncakit.metrics import preference_metrics
 from ncakit.refcache import (
     batch_logps,
@@ -68,6 +68,7 @@ from ncakit.refcache import (
     precompute_reference_logps,
     reference_logps_from_adapter,
 )
+from ncakit.registry import get_loss, loss_spec
 from ncakit.train_config import TrainConfig, parse_config
 from ncakit.utils import seed_everything
 
@@ -316,7 +317,7 @@ def _load_split(cfg: TrainConfig, name: str, split: str, max_rows: int | None):
 
 
 def _check_k(cfg: TrainConfig, k_counts: dict[int, int], where: str) -> None:
-    info = loss_info(cfg.loss)
+    info = loss_spec(cfg.loss)
     if info.pairwise and set(k_counts) != {2}:
         raise ValueError(
             f"loss: {cfg.loss!r} is pairwise and needs K = 2 data (chosen first), but the {where} data has "
@@ -468,7 +469,7 @@ def compute_loss(
     policy_logps = batch_logps(model, batch, average=cfg.average_logps)  # [B, K], grad
     ref_logps = ref_logps.to(policy_logps.device, torch.float32)
     rewards, mask = batch["rewards"].to(policy_logps.device), batch["mask"].to(policy_logps.device)
-    out = loss_fn(policy_logps, ref_logps, rewards, beta=cfg.beta, mask=mask, **cfg.loss_kwargs)
+    out = loss_fn(policy_logps, ref_logps, rewards, mask=mask, **{"beta": cfg.beta, **cfg.loss_kwargs})
     return out, policy_logps, ref_logps
 
 

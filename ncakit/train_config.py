@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import sys
 import types
 import typing
@@ -187,13 +186,19 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------
     def validate(self) -> TrainConfig:
         """Cross-field checks (types were checked while loading). Returns self."""
-        from ncakit.losses import LOSSES, loss_info
+        from ncakit.registry import check_loss_kwargs, loss_names
 
-        if self.loss not in LOSSES:
-            close = difflib.get_close_matches(self.loss, list(LOSSES), n=1)
+        names = loss_names(aliases=True)
+        if self.loss not in names:
+            close = difflib.get_close_matches(self.loss, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"loss: unknown loss {self.loss!r}{hint}; allowed values: {sorted(LOSSES)}")
-        self._check_loss_kwargs(loss_info(self.loss).fn)
+            raise ValueError(f"loss: unknown loss {self.loss!r}{hint}; allowed values: {sorted(names)}")
+        try:
+            check_loss_kwargs(self.loss, self.loss_kwargs)
+        except ValueError as err:
+            raise ValueError(
+                f"{err} (switching a recipe's loss? clear its loss_kwargs with --loss_kwargs '{{}}')"
+            ) from None
         positive = {
             "beta": self.beta,
             "learning_rate": self.learning_rate,
@@ -242,21 +247,6 @@ class TrainConfig:
                     f"report_to: unknown tracker {tracker!r}; allowed values: ['tensorboard', 'wandb']"
                 )
         return self
-
-    def _check_loss_kwargs(self, fn) -> None:
-        params = inspect.signature(fn).parameters
-        reserved = {"policy_logps", "ref_logps", "rewards", "beta", "mask"}
-        allowed = [
-            n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in reserved
-        ]
-        for key in self.loss_kwargs:
-            if key in reserved:
-                raise ValueError(f"loss_kwargs: {key!r} is set by the trainer; use the top-level key instead")
-            if key not in allowed:
-                raise ValueError(
-                    f"loss_kwargs: {key!r} is not a keyword of loss {self.loss!r}; allowed values: {allowed} "
-                    "(switching a recipe's loss? clear its loss_kwargs with --loss_kwargs '{}')"
-                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

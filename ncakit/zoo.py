@@ -1,14 +1,14 @@
 """The preference-loss zoo: related papers' objectives as pure functions of the same ``[B, K]`` tensors.
 
 Importing this module registers every loss below into the core registry of :mod:`ncakit.losses`
-(``get_loss``, ``LOSSES``, ``LOSS_INFO``), so a config string, a notebook and a bandit loop reach
+(:mod:`ncakit.registry`: ``get_loss``, ``loss_spec``), so a config string, a notebook and a bandit loop reach
 them exactly like the core losses. Every loss keeps the core signature::
 
     fn(policy_logps, ref_logps, rewards=None, *, beta=0.1, mask=None, validate=True, **kw) -> LossOutput
 
 with ``[B, K]`` inputs, per-prompt ``loss`` ``[B]``, ``implicit_rewards`` ``[B, K]`` and ``weights``
 ``[B, K]`` (see :class:`ncakit.losses.LossOutput`). Two conventions make one uniform call work for
-every registered loss (what a bandit looping over ``LOSS_INFO`` needs):
+every registered loss (what a bandit looping over the registry needs):
 
 - ``rewards`` are always the data's scalar rewards (pairwise losses: chosen first), and every K-way
   loss here accepts the reward temperature ``alpha`` of the core (``soft_labels``): SPPO turns
@@ -37,16 +37,15 @@ every registered loss (what a bandit looping over ``LOSS_INFO`` needs):
 does the same for the LSC reward transform. Notation follows MATH.md ("Notation"): s = log π_θ − log μ,
 r̂ = β·s.
 
-Where a paper is ambiguous or could not be read in full, the docstring says what was chosen and why.
-Formulas were checked against the authors' released code where it exists (SPPO, f-DPO, PRO, CPL) and
-TRL 1.16 (``sppo_hard``, the f-divergences); the paper texts themselves could not be opened from this
-environment, so an equation number is quoted only with its source (e.g. TRL's comment for SPPO) and
-otherwise the objective is named by section or algorithm.
+Where a paper leaves a choice open, the docstring says what was chosen and why. Formulas follow
+the authors' released code where it exists (SPPO, f-DPO, PRO, CPL) and TRL 1.16 (``sppo_hard``, the
+f-divergences); an objective is named by its paper's section or algorithm, and an equation number is
+quoted only with its source (e.g. TRL's comment for SPPO).
 
 Example::
 
     >>> import torch, ncakit.zoo
-    >>> from ncakit.losses import get_loss
+    >>> from ncakit import get_loss
     >>> ref = torch.randn(3, 2, dtype=torch.float64)
     >>> out = get_loss("f_dpo")(ref.clone(), ref, beta=0.1, divergence="js_divergence")
     >>> round(out.loss.mean().item(), 4)   # every f'(1) = 0: at policy = reference f-DPO = ln 2
@@ -55,6 +54,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -62,20 +62,21 @@ import torch
 import torch.nn.functional as F
 
 from ncakit.losses import (
-    LOSS_INFO,
-    LossInfo,
     LossOutput,
-    _check_positive,
-    _check_tensor,
-    _compute_dtype,
-    _output,
-    _pairwise_setup,
-    _pairwise_weights,
-    _shape,
-    _validate,
+    chosen_one_hot,
+    compute_dtype,
     log_ratios,
-    loss_info,
-    register_loss,
+    loss_output,
+    pairwise_setup,
+)
+from ncakit.registry import LOSS_SPECS, LossSpec, loss_spec, register_loss
+from ncakit.validation import (
+    check_bool,
+    check_loss_inputs,
+    check_positive,
+    check_real,
+    check_tensor,
+    shape_str,
 )
 
 __all__ = [
@@ -110,40 +111,6 @@ _EXP_CAP = 80.0
 # --------------------------------------------------------------------------------------------
 
 
-def _check_real(
-    name: str,
-    value,
-    *,
-    low: float | None = None,
-    low_inclusive: bool = True,
-    high: float | None = None,
-    high_inclusive: bool = True,
-) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
-    value = float(value)
-    lo = "" if low is None else f"{'>=' if low_inclusive else '>'} {low}"
-    hi = "" if high is None else f"{'<=' if high_inclusive else '<'} {high}"
-    wanted = " and ".join(x for x in (lo, hi) if x) or "finite"
-    if not math.isfinite(value):
-        raise ValueError(
-            f"{name}: expected a finite value{'' if wanted == 'finite' else ' ' + wanted}, got {value}"
-        )
-    if low is not None and (value < low or (value == low and not low_inclusive)):
-        raise ValueError(f"{name}: expected a value {wanted}, got {value}")
-    if high is not None and (value > high or (value == high and not high_inclusive)):
-        raise ValueError(f"{name}: expected a value {wanted}, got {value}")
-    return value
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
-    return value
-
-
 def _valid(s: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return mask if mask is not None else torch.ones_like(s, dtype=torch.bool)
 
@@ -153,9 +120,9 @@ def _check_lengths(lengths, s: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     if lengths is None:
         return None
     if not isinstance(lengths, torch.Tensor) or lengths.shape != s.shape:
-        got = _shape(lengths) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+        got = shape_str(lengths) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
         raise ValueError(
-            f"lengths: expected a tensor of shape {_shape(s)} (response token counts), got {got}"
+            f"lengths: expected a tensor of shape {shape_str(s)} (response token counts), got {got}"
         )
     if bool(((lengths <= 0) & valid).any()):
         raise ValueError("lengths: expected positive token counts for every valid response")
@@ -167,19 +134,32 @@ def _zero(t: torch.Tensor) -> torch.Tensor:
     return torch.zeros((), dtype=t.dtype, device=t.device)
 
 
-def _resolve(loss) -> LossInfo:
+def _resolve(loss) -> LossSpec:
     """The registry entry of a loss given by name or by function."""
     if isinstance(loss, str):
-        return loss_info(loss)
+        return loss_spec(loss)
     if callable(loss):
-        for info in LOSS_INFO.values():
-            if info.fn is loss:
-                return info
+        for spec in LOSS_SPECS.values():
+            if spec.fn is loss:
+                return spec
         raise ValueError(
             f"loss: {getattr(loss, '__name__', loss)!r} is not a registered loss function; register it with "
-            "ncakit.losses.register_loss or pass a registered name"
+            "ncakit.registry.register_loss or pass a registered name"
         )
     raise TypeError(f"loss: expected a registered loss name or function, got {type(loss).__name__}")
+
+
+def _with_signature(wrapper: LossFn, base: LossSpec) -> LossFn:
+    """Give a ``**kwargs`` wrapper the explicit signature it really has: its own parameters plus the
+    base loss's keywords, so the registry (and ``help()``) see every keyword it accepts."""
+    own = inspect.signature(wrapper).parameters
+    base_params = inspect.signature(base.fn).parameters
+    params = [p for p in own.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = [
+        p for name, p in base_params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in own
+    ]
+    wrapper.__signature__ = inspect.Signature(params + extra, return_annotation=LossOutput)
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,9 +179,9 @@ def win_rates(rewards: torch.Tensor, alpha: float = 1.0, mask: torch.Tensor | No
     Args:
         rewards: ``[B, K]`` scalar rewards. alpha: α > 0. mask: optional ``[B, K]`` bool.
     """
-    _check_tensor("rewards", rewards)
-    alpha = _check_positive("alpha", alpha)
-    dtype = _compute_dtype(rewards)
+    check_tensor("rewards", rewards)
+    alpha = check_positive("alpha", alpha)
+    dtype = compute_dtype(rewards)
     valid = _valid(rewards, mask)
     r = torch.where(valid, rewards.to(dtype), torch.zeros((), dtype=dtype, device=rewards.device))
     pairwise = torch.sigmoid((r[:, :, None] - r[:, None, :]) / alpha)  # [B, K, K]: P(y_i ≻ y_j)
@@ -247,16 +227,16 @@ def sppo(
     responses (uniform if they sum to 0).
     """
     if validate:
-        _validate(
+        check_loss_inputs(
             policy_logps, ref_logps, rewards, mask, need_rewards=False, pairwise=False, check_finite=True
         )
-    beta = _check_positive("beta", beta)
+    beta = check_positive("beta", beta)
     s = log_ratios(policy_logps, ref_logps, mask)
     valid = _valid(s, mask)
     if rewards is None:
         if s.shape[1] != 2:
             raise ValueError(
-                f"rewards: sppo needs win probabilities (or scalar rewards with alpha) of shape {_shape(s)}; "
+                f"rewards: sppo needs win probabilities (or scalar rewards with alpha) of shape {shape_str(s)}; "
                 "without rewards only K = 2 hard labels (chosen first, TRL's sppo_hard) are defined"
             )
         if alpha is not None:
@@ -278,7 +258,7 @@ def sppo(
     total = p.sum(dim=-1, keepdim=True)
     uniform = valid.to(s.dtype) / valid.sum(dim=-1, keepdim=True).to(s.dtype)
     weights = torch.where(total > 0, p / total.clamp(min=torch.finfo(s.dtype).tiny), uniform)
-    return _output(loss, s, beta, weights)
+    return loss_output(loss, s, beta, weights)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +302,7 @@ def f_divergence_scores(
         log_ratio: s = log π_θ − log μ, any shape. Returns: a tensor of the same shape.
     """
     divergence = _check_divergence(divergence)
-    coef = _check_real("f_alpha_divergence_coef", f_alpha_divergence_coef)
+    coef = check_real("f_alpha_divergence_coef", f_alpha_divergence_coef)
     if divergence == "reverse_kl":
         return log_ratio
     if divergence == "forward_kl":
@@ -336,7 +316,6 @@ def f_divergence_scores(
 
 # Losses that score the policy's own log-probs (or need them raw): an f-transform of the log-ratio
 # has no meaning for them.
-_NOT_F_COMPATIBLE = frozenset({"asft", "cpl", "pro"})
 
 
 def with_f_divergence(
@@ -360,13 +339,13 @@ def with_f_divergence(
         divergence: one of :data:`F_DIVERGENCES`. f_alpha_divergence_coef: c of the α-divergence.
     """
     base = _resolve(loss)
-    if base.name in _NOT_F_COMPATIBLE:
+    if base.reference_free:
         raise ValueError(
             f"loss: {base.name!r} scores the policy's own log-probs (reference-free), so an f-transform of the "
             "log-ratio does not apply; use a reference-based loss (e.g. 'dpo', 'nca', 'infonca')"
         )
     default_divergence = _check_divergence(divergence)
-    default_coef = _check_real("f_alpha_divergence_coef", f_alpha_divergence_coef)
+    default_coef = check_real("f_alpha_divergence_coef", f_alpha_divergence_coef)
 
     def f_loss(
         policy_logps: torch.Tensor,
@@ -381,7 +360,7 @@ def with_f_divergence(
         **kwargs,
     ) -> LossOutput:
         if validate:
-            _validate(
+            check_loss_inputs(
                 policy_logps,
                 ref_logps,
                 rewards,
@@ -390,7 +369,7 @@ def with_f_divergence(
                 pairwise=base.pairwise,
                 check_finite=True,
             )
-        beta = _check_positive("beta", beta)
+        beta = check_positive("beta", beta)
         s = log_ratios(policy_logps, ref_logps, mask)
         scores = f_divergence_scores(s, divergence, f_alpha_divergence_coef)
         # The base loss computes "scores − 0" as its log-ratio; its own checks ran above on the raw inputs.
@@ -407,7 +386,7 @@ def with_f_divergence(
         "Inputs ``[B, K]`` as the wrapped loss; see :func:`ncakit.zoo.f_divergence_scores` for f'. "
         "``implicit_rewards`` are β·(log π_θ − log μ).\n"
     )
-    return f_loss
+    return _with_signature(f_loss, base)
 
 
 _f_dpo = with_f_divergence("dpo")
@@ -479,13 +458,12 @@ def dpop(
 
     The penalty switches on only when the chosen response falls below its reference likelihood
     (s_w < 0), which is the failure mode of DPO the paper targets (MATH.md, "What a toy bandit needs":
-    Pal et al.). λ = 0 is DPO. Default λ = 50: Smaug tests λ ∈ {5, 50, 500} (Sec. 5.2, as quoted in
-    public re-implementations) and uses 50; the equation number could not be checked here.
+    Pal et al.). λ = 0 is DPO. Default λ = 50: Smaug tests λ ∈ {5, 50, 500} (Sec. 5.2) and uses 50.
     """
-    lam = _check_real("dpop_lambda", dpop_lambda, low=0.0)
-    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    lam = check_real("dpop_lambda", dpop_lambda, low=0.0)
+    beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     h = beta * (s[:, 0] - s[:, 1] - lam * torch.relu(-s[:, 0]))
-    return _output(-F.logsigmoid(h), s, beta, _pairwise_weights(s))
+    return loss_output(-F.logsigmoid(h), s, beta, chosen_one_hot(s))
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,14 +513,14 @@ def pro(
     Returns :class:`LossOutput` with loss ``[B]``; ``weights`` one-hot on the best response.
     """
     if validate:
-        _validate(
+        check_loss_inputs(
             policy_logps, ref_logps, rewards, mask, need_rewards=True, pairwise=False, check_finite=True
         )
-    beta = _check_positive("beta", beta)
-    alpha = _check_positive("alpha", alpha)
-    sft_weight = _check_real("sft_weight", sft_weight, low=0.0)
-    temperature = _check_bool("temperature", temperature)
-    reference_free = _check_bool("reference_free", reference_free)
+    beta = check_positive("beta", beta)
+    alpha = check_positive("alpha", alpha)
+    sft_weight = check_real("sft_weight", sft_weight, low=0.0)
+    temperature = check_bool("temperature", temperature)
+    reference_free = check_bool("reference_free", reference_free)
     s = log_ratios(policy_logps, ref_logps, mask)
     B, K = s.shape
     dtype = s.dtype
@@ -581,7 +559,7 @@ def pro(
         best_logp = torch.gather(logp, 1, order[:, :1]).squeeze(1)
         loss = loss + sft_weight * (n - 1) ** 2 * (-best_logp)
     best = torch.zeros_like(s).scatter_(1, order[:, :1], 1.0)
-    return _output(loss, s, beta, best)
+    return loss_output(loss, s, beta, best)
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,13 +598,12 @@ def asft(
     ABSOLUTE log-odds (no Bradley–Terry difference, no reference). With β = 1 (the default: the paper
     has no β) σ(o) = P and the bracket is −log P_w − log(1 − P_l).
 
-    Choices, flagged because the ASFT paper's text could not be opened in this environment (only its
-    abstract): the form follows the restatement of ASFT in Gorbatovski et al. 2025 ("The Differences
+    Choices: the form follows the restatement of ASFT in Gorbatovski et al. 2025 ("The Differences
     Between Direct Alignment Algorithms are a Blur", arXiv:2502.01237), which also introduces the β
     scaling of the odds; λ = ``align_weight`` defaults to 0.1 (ORPO's λ). Log-probs must be ≤ 0.
     """
-    lam = _check_real("align_weight", align_weight, low=0.0)
-    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    lam = check_real("align_weight", align_weight, low=0.0)
+    beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     valid = _valid(s, None)
     lens = _check_lengths(lengths, s, valid)
     ell = policy_logps.to(s.dtype)
@@ -639,7 +616,7 @@ def asft(
     log_odds = ell - _log1mexp(ell)
     align = -F.logsigmoid(beta * log_odds[:, 0]) - F.logsigmoid(-beta * log_odds[:, 1])
     loss = -ell[:, 0] + lam * align
-    return _output(loss, s, beta, _pairwise_weights(s))
+    return loss_output(loss, s, beta, chosen_one_hot(s))
 
 
 def cpl(
@@ -665,14 +642,14 @@ def cpl(
     form is the authors' ``biased_bce_with_logits`` (jhejna/cpl, ``research/algs/cpl.py``). Their
     optional BC regulariser is offered on the chosen response (``bc_data="pos"``), off by default.
     """
-    lam = _check_real("contrastive_bias", contrastive_bias, low=0.0, low_inclusive=False, high=1.0)
-    bc = _check_real("bc_weight", bc_weight, low=0.0)
-    beta, s = _pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    lam = check_real("contrastive_bias", contrastive_bias, low=0.0, low_inclusive=False, high=1.0)
+    bc = check_real("bc_weight", bc_weight, low=0.0)
+    beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
     lp = policy_logps.to(s.dtype)
     loss = -F.logsigmoid(beta * (lp[:, 0] - lam * lp[:, 1]))
     if bc > 0:
         loss = loss + bc * (-lp[:, 0])
-    return _output(loss, s, beta, _pairwise_weights(s))
+    return loss_output(loss, s, beta, chosen_one_hot(s))
 
 
 # --------------------------------------------------------------------------------------------
@@ -706,37 +683,37 @@ def transform_rewards(
 
     Returns ``[B, K]`` in float32/float64; 0 at masked slots.
     """
-    _check_tensor("rewards", rewards)
+    check_tensor("rewards", rewards)
     if (reference_reward is None) == (reference_quantile is None):
         raise ValueError(
             "reference_reward / reference_quantile: pass exactly one (a reference reward per prompt, or the "
             "quantile of each prompt's rewards to use as its reference)"
         )
-    dtype = _compute_dtype(rewards)
+    dtype = compute_dtype(rewards)
     B, K = rewards.shape
     valid = _valid(rewards, mask)
     if mask is not None and (
         not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != rewards.shape
     ):
-        raise ValueError(f"mask: expected a bool tensor of shape {_shape(rewards)}")
+        raise ValueError(f"mask: expected a bool tensor of shape {shape_str(rewards)}")
     r = rewards.to(dtype)
     if validate and bool((~torch.isfinite(r) & valid).any()):
         raise ValueError("rewards: expected finite values for every valid response")
     if reference_quantile is not None:
-        q = _check_real("reference_quantile", reference_quantile, low=0.0, high=1.0)
+        q = check_real("reference_quantile", reference_quantile, low=0.0, high=1.0)
         r_nan = torch.where(valid, r, torch.full((), math.nan, dtype=dtype, device=r.device))
         ref = torch.nanquantile(r_nan, q, dim=-1, keepdim=True)
     elif isinstance(reference_reward, torch.Tensor):
         if reference_reward.shape not in ((B,), (B, 1)):
             raise ValueError(
-                f"reference_reward: expected a float or a tensor of shape [{B}] or [{B}, 1], got {_shape(reference_reward)}"
+                f"reference_reward: expected a float or a tensor of shape [{B}] or [{B}, 1], got {shape_str(reference_reward)}"
             )
         ref = reference_reward.to(dtype).reshape(B, 1)
         if validate and not bool(torch.isfinite(ref).all()):
             raise ValueError("reference_reward: expected finite values")
     else:
         ref = torch.full(
-            (B, 1), _check_real("reference_reward", reference_reward), dtype=dtype, device=r.device
+            (B, 1), check_real("reference_reward", reference_reward), dtype=dtype, device=r.device
         )
     u = F.logsigmoid(r - ref)
     return torch.where(valid, u, torch.zeros((), dtype=dtype, device=r.device))
@@ -753,7 +730,7 @@ def with_reward_transform(loss: str | LossFn, *, reference_quantile: float = 0.5
     base = _resolve(loss)
     if not base.needs_rewards:
         raise ValueError(f"loss: {base.name!r} does not use rewards, so a reward transform has no effect")
-    default_q = _check_real("reference_quantile", reference_quantile, low=0.0, high=1.0)
+    default_q = check_real("reference_quantile", reference_quantile, low=0.0, high=1.0)
 
     def lsc_loss(
         policy_logps: torch.Tensor,
@@ -768,7 +745,7 @@ def with_reward_transform(loss: str | LossFn, *, reference_quantile: float = 0.5
         **kwargs,
     ) -> LossOutput:
         if validate:
-            _validate(
+            check_loss_inputs(
                 policy_logps,
                 ref_logps,
                 rewards,
@@ -790,7 +767,7 @@ def with_reward_transform(loss: str | LossFn, *, reference_quantile: float = 0.5
         "arXiv:2402.00742; made by ncakit.zoo.with_reward_transform). Inputs ``[B, K]``; r_ref(x) = "
         f"``reference_reward`` or, by default, the {default_q}-quantile of each prompt's rewards.\n"
     )
-    return lsc_loss
+    return _with_signature(lsc_loss, base)
 
 
 # --------------------------------------------------------------------------------------------
@@ -800,63 +777,128 @@ def with_reward_transform(loss: str | LossFn, *, reference_quantile: float = 0.5
 _F_DPO_PAPER = "Wang et al. 2023 (f-DPO, Beyond Reverse KL), arXiv:2309.16240"
 _LSC_PAPER = "Chen et al. 2024 (arXiv:2402.05369) + Wang et al. 2024 LSC reward transform (arXiv:2402.00742)"
 
-_ZOO: list[tuple[LossInfo, tuple[str, ...]]] = [
-    (
-        LossInfo("sppo", sppo, False, True, "Wu et al. 2024 (SPPO), arXiv:2405.00675", "sppo_hard"),
-        ("sppo_hard",),
+# Colours from Paul Tol's palettes: warm for the DPO variants, cool for the NCA-like ones.
+_ZOO: tuple[LossSpec, ...] = (
+    LossSpec(
+        "sppo",
+        sppo,
+        "k-way",
+        True,
+        "Wu et al. 2024 (SPPO), arXiv:2405.00675",
+        "SPPO",
+        "#117733",  # green
+        trl_name="sppo_hard",
+        aliases=("sppo_hard",),
     ),
-    (LossInfo("f_dpo", f_dpo, True, False, _F_DPO_PAPER, "sigmoid + f_divergence_type"), ()),
-    (
-        LossInfo(
-            "f_dpo_forward_kl",
-            _fixed_f_dpo("forward_kl"),
-            True,
-            False,
-            _F_DPO_PAPER,
-            "sigmoid + f_divergence_type='forward_kl'",
-        ),
-        (),
+    LossSpec(
+        "f_dpo",
+        f_dpo,
+        "pairwise",
+        False,
+        _F_DPO_PAPER,
+        "f-DPO",
+        "#CC6677",  # rose (Tol muted)
+        trl_name="sigmoid + f_divergence_type",
     ),
-    (
-        LossInfo(
-            "f_dpo_js",
-            _fixed_f_dpo("js_divergence"),
-            True,
-            False,
-            _F_DPO_PAPER,
-            "sigmoid + f_divergence_type='js_divergence'",
-        ),
-        (),
+    LossSpec(
+        "f_dpo_forward_kl",
+        _fixed_f_dpo("forward_kl"),
+        "pairwise",
+        False,
+        _F_DPO_PAPER,
+        "f-DPO (forward KL)",
+        "#CC3311",  # red
+        trl_name="sigmoid + f_divergence_type='forward_kl'",
     ),
-    (
-        LossInfo(
-            "f_dpo_alpha",
-            _fixed_f_dpo("alpha_divergence", 0.5),
-            True,
-            False,
-            _F_DPO_PAPER,
-            "sigmoid + f_divergence_type='alpha_divergence', f_alpha_divergence_coef=0.5",
-        ),
-        (),
+    LossSpec(
+        "f_dpo_js",
+        _fixed_f_dpo("js_divergence"),
+        "pairwise",
+        False,
+        _F_DPO_PAPER,
+        "f-DPO (JS)",
+        "#BB5566",  # rose
+        trl_name="sigmoid + f_divergence_type='js_divergence'",
     ),
-    (LossInfo("dpop", dpop, True, False, "Pal et al. 2024 (Smaug, DPO-Positive), arXiv:2402.13228"), ()),
-    (LossInfo("pro", pro, False, True, "Song et al. 2023 (PRO), arXiv:2306.17492"), ()),
-    (LossInfo("asft", asft, True, False, "Wang et al. 2024 (ASFT), arXiv:2409.10571"), ()),
-    (LossInfo("cpl", cpl, True, False, "Hejna et al. 2023 (CPL), arXiv:2310.13639"), ()),
-    (LossInfo("nca_lsc", with_reward_transform("nca"), False, True, _LSC_PAPER), ()),
-    (LossInfo("infonca_lsc", with_reward_transform("infonca"), False, True, _LSC_PAPER), ()),
-]
+    LossSpec(
+        "f_dpo_alpha",
+        _fixed_f_dpo("alpha_divergence", 0.5),
+        "pairwise",
+        False,
+        _F_DPO_PAPER,
+        "f-DPO (α-div.)",
+        "#EE8866",  # salmon
+        trl_name="sigmoid + f_divergence_type='alpha_divergence', f_alpha_divergence_coef=0.5",
+    ),
+    LossSpec(
+        "dpop",
+        dpop,
+        "pairwise",
+        False,
+        "Pal et al. 2024 (Smaug, DPO-Positive), arXiv:2402.13228",
+        "DPOP",
+        "#EE3377",  # magenta
+    ),
+    LossSpec(
+        "pro",
+        pro,
+        "k-way",
+        True,
+        "Song et al. 2023 (PRO), arXiv:2306.17492",
+        "PRO",
+        "#DDCC77",  # sand
+        reference_free=True,
+    ),
+    LossSpec(
+        "asft",
+        asft,
+        "pairwise",
+        False,
+        "Wang et al. 2024 (ASFT), arXiv:2409.10571",
+        "ASFT",
+        "#44AA99",  # teal
+        reference_free=True,
+    ),
+    LossSpec(
+        "cpl",
+        cpl,
+        "pairwise",
+        False,
+        "Hejna et al. 2023 (CPL), arXiv:2310.13639",
+        "CPL",
+        "#997700",  # ochre
+        reference_free=True,
+    ),
+    LossSpec(
+        "nca_lsc",
+        with_reward_transform("nca"),
+        "k-way",
+        True,
+        _LSC_PAPER,
+        "NCA (LSC rewards)",
+        "#004488",  # dark blue
+    ),
+    LossSpec(
+        "infonca_lsc",
+        with_reward_transform("infonca"),
+        "k-way",
+        True,
+        _LSC_PAPER,
+        "InfoNCA (LSC rewards)",
+        "#CCBB44",  # yellow
+    ),
+)
 
 #: The names this module registers, in table order (what a zoo preset loops over).
-ZOO_LOSSES: tuple[str, ...] = tuple(info.name for info, _ in _ZOO)
+ZOO_LOSSES: tuple[str, ...] = tuple(spec.name for spec in _ZOO)
 
 
 def _register_all() -> None:
-    for info, aliases in _ZOO:
-        existing = LOSS_INFO.get(info.name)
+    for spec in _ZOO:
+        existing = LOSS_SPECS.get(spec.name)
         if existing is not None and getattr(existing.fn, "__module__", None) == __name__:
             continue  # importlib.reload(ncakit.zoo): already registered by this module
-        register_loss(info, aliases=aliases)
+        register_loss(spec)
 
 
 _register_all()

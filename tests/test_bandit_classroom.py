@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ncakit import bandit as B  # noqa: E402
 from ncakit import plots  # noqa: E402
+from ncakit.utils import notebook_style
 
 
 @pytest.fixture(autouse=True)
@@ -149,9 +150,9 @@ def test_live_controls_call_draw_with_the_slider_values():
 
 def test_notebook_style_sets_the_tutorials_defaults():
     with matplotlib.rc_context():  # leave the session's rcParams as they were
-        plots.notebook_style(font_size=12, figsize=(8, 3))
+        notebook_style(font_size=12, figsize=(8, 3))
         rc = plt.rcParams
         assert (rc["font.size"], rc["axes.titlesize"], rc["legend.fontsize"]) == (12, 13, 11)
         assert tuple(rc["figure.figsize"]) == (8, 3) and rc["axes.grid"]
     with pytest.raises(ValueError, match="font_size"):
-        plots.notebook_style(font_size=0)
+        notebook_style(font_size=0)

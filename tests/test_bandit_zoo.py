@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 
 from ncakit import bandit as B  # noqa: E402
 from ncakit import plots  # noqa: E402
-from ncakit.losses import ALIASES, LOSS_INFO, get_loss  # noqa: E402
+from ncakit.registry import ALIASES, LOSS_SPECS, get_loss, loss_color, loss_label  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (0, 1, 2)
@@ -53,7 +53,7 @@ def _chosen(h, loss, metric="chosen"):
 
 def test_zoo_preset_runs_every_canonical_registered_loss(zoo):
     preset = B.get_preset("zoo")
-    expected = [n for n in LOSS_INFO if n not in B.ZOO_EXCLUDED]
+    expected = [n for n in LOSS_SPECS if n not in B.ZOO_EXCLUDED]
     assert list(preset.losses) == expected == list(B.zoo_losses())
     assert set(B.ZOO_EXCLUDED) == {"f_dpo"}  # f_dpo at its default divergence is DPO itself
     assert not set(preset.losses) & set(ALIASES), "canonical names only"
@@ -216,10 +216,20 @@ def test_the_settings_alpha_reaches_the_lsc_losses():
     [
         ({"fancy": {"beta": 1.0}}, ("dpo",), ValueError, r"unknown loss 'fancy'"),
         ({"asft": {"beta": 1.0}}, ("dpo",), ValueError, r"loss_kwargs: 'asft' is not one of the trained"),
-        ({"dpo": {"gamma": 1.0}}, ("dpo",), ValueError, r"loss_kwargs\['dpo'\]: unknown keyword 'gamma'"),
-        ({"dpo": {"mask": None}}, ("dpo",), ValueError, r"'mask' is set by the trainer"),
+        (
+            {"dpo": {"gamma": 1.0}},
+            ("dpo",),
+            ValueError,
+            r"loss_kwargs\['dpo'\]: 'gamma' is not a keyword of loss 'dpo'",
+        ),
+        ({"dpo": {"mask": None}}, ("dpo",), ValueError, r"'mask' is passed by the trainer"),
         ({"dpo": 1.0}, ("dpo",), TypeError, r"loss_kwargs\['dpo'\]: expected a mapping"),
-        ({"dpo": {"beta": [1.0]}}, ("dpo",), TypeError, r"expected a hashable value"),
+        (
+            {"dpo": {"beta": [1.0]}},
+            ("dpo",),
+            TypeError,
+            r"loss_kwargs\['dpo'\]: beta: expected a float > 0, got list",
+        ),
         ([("dpo", 1)], ("dpo",), TypeError, r"loss_kwargs: expected a mapping"),
     ],
 )
@@ -247,10 +257,10 @@ def test_zoo_figure_rows_sorted_and_saved(zoo, tmp_path):
     assert len(fig.axes) == 2 * len(zoo)  # chosen log-ratio + reward gain per setting
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     losses = B.get_preset("zoo").losses
-    assert sorted(labels) == sorted(plots.loss_label(n) for n in losses)
+    assert sorted(labels) == sorted(loss_label(n) for n in losses)
     # rows: highest chosen log-ratio in the last setting on top (y grows upwards)
     h = zoo["lowrank"]
-    by_label = {plots.loss_label(n): _chosen(h, n).mean() for n in losses}
+    by_label = {loss_label(n): _chosen(h, n).mean() for n in losses}
     assert [by_label[lab] for lab in labels] == sorted(by_label.values())
     path = plots.save_figure(fig, tmp_path / "zoo.png")
     assert path.read_bytes().startswith(b"\x89PNG")
@@ -263,8 +273,8 @@ def test_zoo_figure_rows_sorted_and_saved(zoo, tmp_path):
 
 def test_zoo_losses_have_distinct_colours_and_labels():
     losses = B.get_preset("zoo").losses
-    assert len({plots.loss_color(n) for n in losses}) == len(losses)
-    assert len({plots.loss_label(n) for n in losses}) == len(losses)
+    assert len({loss_color(n) for n in losses}) == len(losses)
+    assert len({loss_label(n) for n in losses}) == len(losses)
     assert plots.loss_style("dpop")["linestyle"] == "--" and plots.loss_style("sppo")["linestyle"] == "-"
 
 

@@ -612,7 +612,7 @@ def test_collator_k_none_ref_logps_and_errors(tokenized, tok):
 
 def test_losses_take_the_batch(tokenized, tok):
     """The batch plugs into the loss unchanged: [B*K] log-probs -> view(B, K), rewards, mask."""
-    from ncakit.losses import get_loss
+    from ncakit import get_loss
 
     batch = KResponseCollator(tok.pad_token_id, k=4)([tokenized[i] for i in range(4)])
     policy = torch.zeros(batch["mask"].shape)

@@ -247,7 +247,7 @@ def test_reference_losses_at_policy_equal_reference(peft_model, dataset, collate
     """With the adapter's B zeroed (policy == reference) the NCA loss hits MATH.md's 2·ln 2 anchor."""
     import math
 
-    from ncakit.losses import get_loss
+    from ncakit import get_loss
 
     pm = copy.deepcopy(peft_model)
     with torch.no_grad():

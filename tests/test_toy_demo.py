@@ -20,7 +20,10 @@ import pytest
 matplotlib.use("Agg")
 
 from ncakit import bandit as B  # noqa: E402
-from ncakit import plots  # noqa: E402
+from ncakit import (
+    plots,  # noqa: E402
+    registry,  # noqa: E402
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "toy" / "demo.py"
@@ -152,17 +155,19 @@ def test_toy_is_not_a_package():
 def test_loss_colours_are_fixed_distinct_and_stable():
     fixed = {"dpo": "#D55E00", "infonca": "#E69F00", "nca": "#0072B2", "nca_pair": "#56B4E9"}
     for name, colour in fixed.items():
-        assert plots.loss_color(name) == colour == plots.LOSS_COLORS[name]
-    assert len(set(plots.LOSS_COLORS.values())) == len(plots.LOSS_COLORS)
-    assert plots.loss_color("sigmoid") == plots.loss_color("dpo")  # TRL's alias
+        assert registry.loss_color(name) == colour == registry.loss_spec(name).color
+    colours = [spec.color for spec in registry.LOSS_SPECS.values()]
+    assert len(set(colours)) == len(colours), "every registered loss has its own colour"
+    assert registry.loss_color("sigmoid") == registry.loss_color("dpo")  # TRL's alias
     # any other name: a stable colour from a colour-blind-safe palette, chosen by md5 (not hash(),
     # which changes between processes), so every process and figure agrees
     import hashlib
 
-    c = plots.loss_color("my_new_loss")
-    assert c == plots._FALLBACK[int(hashlib.md5(b"my_new_loss").hexdigest(), 16) % len(plots._FALLBACK)]
+    c = registry.loss_color("my_new_loss")
+    palette = registry._FALLBACK_COLORS
+    assert c == palette[int(hashlib.md5(b"my_new_loss").hexdigest(), 16) % len(palette)]
     assert plots.loss_style("nca_pair")["linestyle"] == "--" and plots.loss_style("nca")["linestyle"] == "-"
-    assert plots.loss_label("nca_pair") == "NCA (pairwise)" and plots.loss_label("xyz") == "xyz"
+    assert registry.loss_label("nca_pair") == "NCA (pairwise)" and registry.loss_label("xyz") == "xyz"
 
 
 def test_every_figure_draws(tiny_runs, tmp_path):

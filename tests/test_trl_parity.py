@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ncakit import get_loss
 from ncakit import losses as L
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer", reason="trl not installed")
@@ -122,7 +123,7 @@ def test_loss_and_metrics_match_trl(trl_name, ours, extra, seed):
     if ours == "ipo":  # TRL length-normalises IPO by completion tokens; ncakit takes the lengths
         lengths = shift_mask.sum(dim=1).float()
         kwargs["lengths"] = L.pairwise_to_k(lengths[:B], lengths[B:])
-    out = L.get_loss(ours)(policy, reference, beta=beta, **kwargs)
+    out = get_loss(ours)(policy, reference, beta=beta, **kwargs)
     torch.testing.assert_close(out.loss.mean(), trl_loss, rtol=1e-6, atol=1e-6)
 
     # TRL's logged reward metrics (beta * summed log-ratio) equal ncakit's.

@@ -36,7 +36,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 from ncakit import bandit, plots  # noqa: E402
-from ncakit.losses import LOSSES  # noqa: E402
+from ncakit.registry import loss_names  # noqa: E402
+
+LOSSES = loss_names(aliases=True)
 
 
 def _positive_int(text: str) -> int:

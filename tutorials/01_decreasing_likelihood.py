@@ -44,10 +44,11 @@ import torch
 
 import ncakit
 from ncakit import bandit, plots
+from ncakit.utils import notebook_style
 
 ncakit.seed_everything(0)  # seed once (each bandit seed also draws from its own generator)
 torch.set_num_threads(1)  # the bandit's tensors are tiny: one thread is the fastest
-plots.notebook_style(font_size=14, figsize=None)  # readable fonts and a light grid (ncakit.plots)
+notebook_style(font_size=14, figsize=None)  # readable fonts and a light grid
 
 SEEDS = range(8)  # every experiment runs on 8 independent bandits (data, μ and reward differ)
 classic = bandit.get_preset("classic")  # the three settings of this notebook (toy/demo.py's default)

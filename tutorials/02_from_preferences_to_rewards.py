@@ -40,16 +40,16 @@ import torch
 import torch.nn.functional as F
 
 import ncakit
-from ncakit import plots
-from ncakit.losses import dpo, get_loss, infonca, label_smoothed_dpo, nca, nca_pair, soft_labels
-from ncakit.plots import LOSS_COLORS  # one colour per loss across the whole project
-from ncakit.utils import rounded  # plain floats for printing (checked cells compare text)
+from ncakit import get_loss
+from ncakit.losses import dpo, infonca, label_smoothed_dpo, nca, nca_pair, soft_labels
+from ncakit.registry import loss_color  # one colour per loss across the whole project
+from ncakit.utils import notebook_style, rounded  # plain floats for printing (checked cells compare text)
 
 gen = ncakit.seed_everything(0)  # seed once; `gen` feeds every random tensor below
 torch.set_default_dtype(torch.float64)  # float64: the identities below then hold to ~1e-15
 torch.set_num_threads(1)  # every tensor here is tiny: extra threads would only add overhead
 
-plots.notebook_style()  # readable fonts, a light grid, wide figures (ncakit.plots)
+notebook_style()  # readable fonts, a light grid, wide figures
 
 
 # The running example: one prompt, K = 4 responses with GPT-4-style scores (1-10), best first.
@@ -205,12 +205,12 @@ h = torch.linspace(-6, 8, 281)
 margin_policy = torch.stack([h / 2, -h / 2], dim=1)  # r̂_w = h/2, r̂_l = −h/2 (β = 1, log μ = 0)
 zeros = torch.zeros_like(margin_policy)
 fig, ax = plt.subplots()
-ax.plot(h, dpo(margin_policy, zeros, beta=1.0).loss, color=LOSS_COLORS["dpo"], lw=4, label="DPO")
+ax.plot(h, dpo(margin_policy, zeros, beta=1.0).loss, color=loss_color("dpo"), lw=4, label="DPO")
 for a, ls in [(2.0, ":"), (0.5, "-."), (0.25, "--")]:
     value = infonca(margin_policy, zeros, pair_rewards[:1].expand(len(h), 2), beta=1.0, alpha=a).loss
-    ax.plot(h, value, color=LOSS_COLORS["infonca"], lw=2.5, ls=ls, label=f"InfoNCA, K = 2, α = {a:g}")
+    ax.plot(h, value, color=loss_color("infonca"), lw=2.5, ls=ls, label=f"InfoNCA, K = 2, α = {a:g}")
     best = int(torch.argmin(value))
-    ax.plot(h[best], value[best], "o", color=LOSS_COLORS["infonca"], ms=9)
+    ax.plot(h[best], value[best], "o", color=loss_color("infonca"), ms=9)
 ax.set(xlabel="margin h = $\\hat r_w - \\hat r_l$", ylabel="loss", ylim=(0, 3))
 ax.set_title("InfoNCA → DPO as α → 0 (dots: InfoNCA's best margin h* = Δr/α)")
 ax.legend()
@@ -308,7 +308,7 @@ for j, name in enumerate(("infonca", "nca")):
         np.arange(K) + (j - 0.5) * 0.38,
         at_reference[name],
         0.38,
-        color=LOSS_COLORS[name],
+        color=loss_color(name),
         label={"infonca": "InfoNCA", "nca": "NCA"}[name],
     )
 ax1.axhline(0, color="k", lw=1)
@@ -316,7 +316,7 @@ ax1.set_xticks(range(K), [f"y{i + 1}" for i in range(K)])
 ax1.set(ylabel="∂L/∂$\\hat r_i$  (< 0: pushed up)", title="At policy = reference")
 ax1.legend()
 for name, label in [("infonca", "InfoNCA"), ("nca", "NCA")]:
-    ax2.plot(shifts, along_shift[name].sum(dim=1), color=LOSS_COLORS[name], lw=3, label=label)
+    ax2.plot(shifts, along_shift[name].sum(dim=1), color=loss_color(name), lw=3, label=label)
 ax2.axhline(0, color="k", lw=1, zorder=1)
 ax2.axvline(0, color="gray", ls=":", lw=1.5)
 ax2.set(

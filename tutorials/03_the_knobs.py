@@ -36,12 +36,13 @@ import numpy as np
 import torch
 
 import ncakit
-from ncakit import bandit, plots
+from ncakit import bandit, plots, registry
 from ncakit.losses import soft_labels
+from ncakit.utils import notebook_style
 
 gen = ncakit.seed_everything(0)  # seed once; `gen` feeds the random rewards of section 5
 torch.set_num_threads(1)  # the bandit's tensors are tiny: one thread is the fastest
-plots.notebook_style(font_size=14, figsize=None)  # readable fonts and a light grid (ncakit.plots)
+notebook_style(font_size=14, figsize=None)  # readable fonts and a light grid
 
 SEEDS = range(6)  # 6 independent bandits per experiment (data, μ and reward differ)
 STEPS = 1500  # full-batch Adam steps (toy/demo.py uses 2000; the knobs' effects are clear by 1500)
@@ -78,21 +79,23 @@ mu = b.ref_logps[0, 0, order].exp()
 for key, tau, color in zip("abc", taus, shades):
     pi_star = b.target_logps(alpha=tau, beta=1.0)[0, 0, order].exp()  # only α·β matters
     axes[key].bar(x, pi_star, width=0.8, color=color)
-    axes[key].step(x, mu, where="mid", color=plots.REFERENCE_COLOR, lw=2)
+    axes[key].step(x, mu, where="mid", color=registry.REFERENCE_COLOR, lw=2)
     axes[key].text(0.02, 0.9, f"π*, αβ = {tau:g}", transform=axes[key].transAxes, va="top", fontsize=14)
     axes[key].set(xticks=[], ylim=(0, 1.05 * max(pi_star.max(), mu.max())))
 axes["a"].set_title("π* ∝ μ·exp(r/αβ) for one prompt (grey outline: μ)")
 axes["b"].set_ylabel("probability")
 axes["c"].set_xlabel("responses, sorted by true reward →")
 ax = axes["f"]
-ax.plot(front["kl"].mean(0), front["expected_reward"].mean(0), color=plots.REFERENCE_COLOR, lw=3, alpha=0.7)
+ax.plot(
+    front["kl"].mean(0), front["expected_reward"].mean(0), color=registry.REFERENCE_COLOR, lw=3, alpha=0.7
+)
 for tau, color in zip(taus, shades):
     stats = b.policy_stats(b.target_logps(alpha=tau, beta=1.0))  # mean over prompts, [S]
     kl, er = stats["kl"].mean(), stats["expected_reward"].mean()
     ax.scatter(kl, er, s=260, color=color, edgecolor="k", zorder=3)
     ax.annotate(f"αβ = {tau:g}", (kl, er), xytext=(10, -22), textcoords="offset points")
 mu_reward = b.policy_stats(b.ref_logps)["expected_reward"].mean()
-ax.scatter(0, mu_reward, s=120, color=plots.REFERENCE_COLOR, zorder=3)
+ax.scatter(0, mu_reward, s=120, color=registry.REFERENCE_COLOR, zorder=3)
 ax.annotate("μ", (0, mu_reward), xytext=(10, 0), textcoords="offset points")
 ax.set(
     xlabel="KL(π || μ)  (nats)",
@@ -275,8 +278,8 @@ for j, loss in enumerate(("infonca", "nca")):
             xpos,
             c.mean(),
             0.34,
-            color=plots.loss_color(loss),
-            label=plots.loss_label(loss) if i == 0 else None,
+            color=registry.loss_color(loss),
+            label=registry.loss_label(loss) if i == 0 else None,
         )
         ax.scatter(np.full(len(c), xpos), c, color="k", s=14, zorder=3)
 ax.axhline(0, color="k", lw=1)

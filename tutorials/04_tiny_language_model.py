@@ -47,15 +47,14 @@ import torch
 from matplotlib.colors import to_rgb
 
 import ncakit
-from ncakit import plots
+from ncakit import get_loss
 from ncakit.data import KResponseCollator, make_dataloader, to_pairwise, tokenize_k_dataset
 from ncakit.generate import generate_k_dataset, sample_k_responses
-from ncakit.losses import get_loss
 from ncakit.metrics import preference_metrics
-from ncakit.plots import LOSS_COLORS, REFERENCE_COLOR, loss_label  # one colour per loss, project-wide
 from ncakit.refcache import batch_logps, precompute_reference_logps
+from ncakit.registry import REFERENCE_COLOR, loss_color, loss_label  # one colour per loss, project-wide
 from ncakit.tinylm import corpus_texts, reward, sft_warmup, synthetic_corpus, tiny_llama, train_tokenizer
-from ncakit.utils import rounded  # plain floats for printing (checked cells compare text)
+from ncakit.utils import notebook_style, rounded  # plain floats for printing (checked cells compare text)
 
 SEED = 0
 ncakit.seed_everything(SEED)  # seed once; every sampler and data order below also gets an explicit seed
@@ -65,7 +64,7 @@ datasets.disable_progress_bars()  # datasets.map bars would clutter the notebook
 warnings.filterwarnings("ignore", category=UserWarning, module="ncakit")
 logging.getLogger("ncakit").setLevel(logging.ERROR)
 
-plots.notebook_style()  # readable fonts, a light grid, wide figures (ncakit.plots)
+notebook_style()  # readable fonts, a light grid, wide figures
 
 
 # The sizes of the whole notebook (about 30 s on 2 CPU cores).
@@ -370,7 +369,7 @@ for name in ("dpo", "nca_pair"):
     for key, ls, what in [("rewards/chosen", "-", "chosen"), ("rewards/rejected", "--", "rejected")]:
         axes[0].plot(
             *series(histories[name], key),
-            color=LOSS_COLORS[name],
+            color=loss_color(name),
             ls=ls,
             lw=3,
             label=f"{loss_label(name)}: {what}",
@@ -380,7 +379,7 @@ for name in ("infonca", "nca"):
         label = f"{loss_label(name)}: rank {i + 1}" + (" (chosen)" if i == 0 else "")
         axes[1].plot(
             *series(histories[name], f"rewards/rank_{i + 1}"),
-            color=shade(LOSS_COLORS[name], i, K),
+            color=shade(loss_color(name), i, K),
             ls="-" if i == 0 else "--",
             lw=3 if i == 0 else 2,
             label=label,
@@ -498,7 +497,7 @@ for name, k, kw in RUNS:
 
 fig, ax = plt.subplots(figsize=(9, 3.8))
 labels = list(true_reward)
-colors = [REFERENCE_COLOR] + [LOSS_COLORS[n] for n, _, _ in RUNS]
+colors = [REFERENCE_COLOR] + [loss_color(n) for n, _, _ in RUNS]
 ax.bar(labels, [true_reward[label] for label in labels], color=colors)
 ax.errorbar(
     labels,

@@ -45,14 +45,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import ncakit
-from ncakit import plots
-from ncakit.plots import LOSS_COLORS, REFERENCE_COLOR  # one colour per loss, project-wide
+from ncakit.registry import REFERENCE_COLOR, loss_color  # one colour per loss, project-wide
 from ncakit.runlog import plot_run_dynamics, read_run
 from ncakit.train_config import TrainConfig, parse_config
+from ncakit.utils import notebook_style
 
 ncakit.seed_everything(0)  # nothing here draws random numbers; each training run seeds itself (seed: 42)
 
-plots.notebook_style()  # readable fonts, a light grid, wide figures (ncakit.plots)
+notebook_style()  # readable fonts, a light grid, wide figures
 
 # The repository root (the folder holding scale/), wherever Jupyter or nbval started us.
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "scale" / "train.py").is_file())
@@ -383,8 +383,8 @@ fig, ax = plt.subplots(figsize=(12, 4.8))
 names = list(setups)
 states = np.array([s for s, _ in setups.values()])
 acts = np.array([a for _, a in setups.values()])
-ax.bar(names, states, color=LOSS_COLORS["nca"], label="model states (weights, grads, Adam)")
-ax.bar(names, acts, bottom=states, color=LOSS_COLORS["nca_pair"], label="activations")
+ax.bar(names, states, color=loss_color("nca"), label="model states (weights, grads, Adam)")
+ax.bar(names, acts, bottom=states, color=loss_color("nca_pair"), label="activations")
 for x, total in enumerate(states + acts):
     ax.text(x, total + 2, f"≈ {total:.0f} GB", ha="center", fontsize=13)
 for capacity in (24, 40, 80):
