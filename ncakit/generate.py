@@ -278,7 +278,7 @@ def generate_k_dataset(
     UltraFeedback data the authors used. Returns ``(rows, stats)``; ``stats`` counts prompts,
     responses, empty responses and distinct responses per prompt, with the reward range.
     """
-    from ncakit.data import sorted_best_first, save_k_dataset
+    from ncakit.data import save_k_dataset, sorted_best_first
 
     reward_fn = load_reward(reward)
     prompts = list(prompts)
