@@ -1,12 +1,12 @@
-"""End-to-end benchmark: ncakit's scale loop (``ncakit.train``) vs TRL 1.16's ``DPOTrainer`` on the same
+"""End-to-end benchmark: ncakit's scale loop (``ncakit.scale.train``) vs TRL 1.16's ``DPOTrainer`` on the same
 model, data and optimisation, fp32 on CPU (issue 8, item 1).
 
 What is the same on both sides
   model      a Llama from ``LlamaConfig`` (hidden 256, 4 layers, 4 heads / 2 KV heads, MLP 1024, untied
              head; ~8 M parameters) over a byte-level BPE tokenizer with an 8192-token vocabulary, trained
-             here on the synthetic corpus (``ncakit.tinylm``); built once, saved, and loaded by both sides
+             here on the synthetic corpus (``ncakit.scale.tinylm``); built once, saved, and loaded by both sides
              with ``from_pretrained``, so both start from the same weights;
-  data       synthetic pairwise rows from ``ncakit.tinylm.synthetic_k_dataset(k=2)`` (string tasks with
+  data       synthetic pairwise rows from ``ncakit.scale.tinylm.synthetic_k_dataset(k=2)`` (string tasks with
              spaces, prompts and responses of ~35-70 tokens): ncakit reads them in the canonical K = 2
              form (chosen first), TRL as ``prompt`` / ``chosen`` / ``rejected`` message lists. Both render
              them with the same chat template; the benchmark CHECKS that both tokenise every row to the
@@ -120,8 +120,14 @@ ALPHABET = "abcdefgh "  # spaces make words, so the BPE vocabulary fills up and 
 
 def build_workspace(root: Path, a) -> dict:
     """Tokenizer, model and the two data files (benchmark + parity) in both formats, under ``root``."""
-    from ncakit.data import save_k_dataset, tokenize_k_dataset
-    from ncakit.tinylm import corpus_texts, synthetic_corpus, synthetic_k_dataset, tiny_llama, train_tokenizer
+    from ncakit.scale.data import save_k_dataset, tokenize_k_dataset
+    from ncakit.scale.tinylm import (
+        corpus_texts,
+        synthetic_corpus,
+        synthetic_k_dataset,
+        tiny_llama,
+        train_tokenizer,
+    )
 
     t0 = time.perf_counter()
     lengths = dict(min_len=a.min_chars, max_len=a.max_chars, alphabet=ALPHABET)
@@ -199,8 +205,8 @@ class _StepClock:
 
 
 def _ncakit_run(a, root: Path, data: str, out_dir: Path, clock: _StepClock, epochs: int, logging_steps: int):
-    from ncakit.train import train
-    from ncakit.train_config import TrainConfig
+    from ncakit.scale.config import TrainConfig
+    from ncakit.scale.train import train
 
     cfg = TrainConfig(
         model_name_or_path=str(root / "model"),
@@ -314,7 +320,7 @@ def worker(a) -> dict:
     clock = _StepClock(prof, last=a.steps * epochs)
     # Import the trainer's modules first, so the RSS they cost is recorded apart from the run's.
     if a.trainer == "ncakit":
-        import ncakit.train  # noqa: F401
+        import ncakit.scale.train  # noqa: F401
     else:
         import trl  # noqa: F401
         from trl import DPOTrainer  # noqa: F401

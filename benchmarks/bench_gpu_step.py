@@ -9,7 +9,7 @@ Setup (one FRESH process per (mode, K), so the peak memory is that configuration
   model      ``LlamaConfig`` with Mistral-7B's shape (hidden 4096, MLP 14336, 32 layers, 32 heads / 8 KV
              heads, vocabulary 32000, untied head; 7.24 B parameters), random weights, built directly on
              the GPU in bf16; SDPA attention; gradient checkpointing on (``--no-gradient-checkpointing``);
-             ncakit's ``LogprobHead`` installed as ``ncakit.train`` does;
+             ncakit's ``LogprobHead`` installed as ``ncakit.scale.train`` does;
   lora       peft LoRA r=16, alpha=16 on q/k/v/o/gate/up/down (the recipes' targets), dropout 0; base
              weights frozen; AdamW (fp32 adapter weights and states);
   full       every weight trainable in bf16 with AdamW whose states are bf16 too ("pure bf16": weights
@@ -18,7 +18,7 @@ Setup (one FRESH process per (mode, K), so the peak memory is that configuration
   batch      ``--prompts`` prompts x K responses, every sequence ``--prompt-len`` + ``--response-len``
              = 512 + 512 = 1024 tokens (random ids), reference log-probs precomputed (no reference
              forward timed); one optimizer step = forward + backward of the B*K sequences
-             (``ncakit.refcache.batch_logps`` + ``ncakit.losses.nca``) + ``optimizer.step()``.
+             (``ncakit.scale.forward.batch_logps`` + ``ncakit.losses.nca``) + ``optimizer.step()``.
 
 Measured: seconds per step (``--warmup`` untimed steps, then ``--steps`` timed, CUDA-synchronised),
 tokens/s/GPU (B*K*1024 / step time), peak memory (``torch.cuda.max_memory_allocated``), and MFU.
@@ -96,10 +96,10 @@ def step_flops(
 def worker(a, mode: str, k: int) -> dict:
     import torch
 
-    from ncakit.data import KResponseCollator
     from ncakit.losses import nca
-    from ncakit.refcache import batch_logps, install_logprob_head
-    from ncakit.train import enable_checkpointing
+    from ncakit.scale.data import KResponseCollator
+    from ncakit.scale.forward import batch_logps, install_logprob_head
+    from ncakit.scale.train import enable_checkpointing
 
     smoke = a.cpu_smoke
     device = torch.device("cpu" if smoke else "cuda")

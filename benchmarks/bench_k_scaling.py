@@ -3,9 +3,9 @@
 
 Setup: the e2e benchmark's model shape (a Llama from ``LlamaConfig``: hidden 256, 4 layers, 4 heads /
 2 KV heads, MLP 1024, vocabulary 8192, untied head; random weights, fp32, CPU), with ncakit's
-``LogprobHead`` installed as ``ncakit.train`` does. Each batch holds ``--prompts`` prompts of exactly
+``LogprobHead`` installed as ``ncakit.scale.train`` does. Each batch holds ``--prompts`` prompts of exactly
 ``--prompt-len`` tokens, each with K responses of exactly ``--response-len`` tokens (random ids, so the
-lengths are fixed and equal for every K), collated by ``ncakit.data.KResponseCollator`` into B*K
+lengths are fixed and equal for every K), collated by ``ncakit.scale.data.KResponseCollator`` into B*K
 sequences. One timed unit is what one micro-batch of training costs before the optimizer step::
 
     policy = batch_logps(model, batch)                                      # [B, K], one forward over B*K rows
@@ -46,7 +46,7 @@ WORKER_FLAGS = ("prompts", "prompt_len", "response_len", "repeats", "threads", "
 
 
 def build_model(vocab: int, hidden: int, layers: int, seed: int = 0):
-    """The e2e benchmark's Llama shape (see ``ncakit.tinylm.tiny_llama``), random weights, fp32."""
+    """The e2e benchmark's Llama shape (see ``ncakit.scale.tinylm.tiny_llama``), random weights, fp32."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -72,7 +72,7 @@ def make_batch(k: int, prompts: int, prompt_len: int, response_len: int, vocab: 
     """``prompts`` rows with K responses each, fixed lengths, collated to B*K sequences + [B, K] tensors."""
     import torch
 
-    from ncakit.data import KResponseCollator
+    from ncakit.scale.data import KResponseCollator
 
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -94,7 +94,7 @@ def worker(a, k: int) -> dict:
     import torch
 
     from ncakit.losses import nca
-    from ncakit.refcache import batch_logps, install_logprob_head
+    from ncakit.scale.forward import batch_logps, install_logprob_head
 
     torch.set_num_threads(a.threads)
     load0 = os.getloadavg()[0]
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     write_result(
         "k_scaling",
         {
-            "what": "ncakit forward+backward (refcache.batch_logps with LogprobHead + losses.nca) per micro-batch",
+            "what": "ncakit forward+backward (forward.batch_logps with LogprobHead + losses.nca) per micro-batch",
             "prompt_sharing": "not implemented: every one of the K sequences of a prompt recomputes the prompt",
             "config": {k: getattr(a, k) for k in ("ks", *WORKER_FLAGS)},
             "load_avg": {"min": min(loads), "max": max(loads)} if loads else None,

@@ -1,8 +1,8 @@
 """Toy sweep benchmark: the default classic preset of ``toy/demo.py`` (4 losses x 3 settings x
 8 seeds x 2000 steps, one batched program) on this machine's CPU.
 
-Measures (issue 4, item 5; target <= 10 s):
-  sweep        a warm-up, then ``--repeats`` timed runs of ``ncakit.bandit.run_preset("classic")``:
+Measures (target <= 10 s):
+  sweep        a warm-up, then ``--repeats`` timed runs of ``ncakit.toy.presets.run_preset("classic")``:
                wall and process-CPU seconds (min / median / max), ms per step, and the load average
                around each run (other processes on a 2-core machine inflate wall times);
   scaling      ms per step with 1 and 8 seeds (equal => the step is per-op overhead, not arithmetic)
@@ -31,10 +31,10 @@ from _common import summarize, write_result  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _timed_run(bandit, seeds, steps=None, log_every=None):
+def _timed_run(presets, seeds, steps=None, log_every=None):
     load0 = os.getloadavg()[0]
     t, c = time.perf_counter(), time.process_time()
-    runs = bandit.run_preset("classic", seeds, steps=steps, log_every=log_every, threads=None)
+    runs = presets.run_preset("classic", seeds, steps=steps, log_every=log_every, threads=None)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     return runs, wall, cpu, (load0, os.getloadavg()[0])
 
@@ -49,18 +49,18 @@ def main(argv=None) -> int:
 
     import torch
 
-    from ncakit import bandit
+    from ncakit.toy import presets, report
 
     torch.set_num_threads(args.threads)
-    preset = bandit.get_preset("classic")
+    preset = presets.get_preset("classic")
     seeds = range(8)
     steps = preset.steps
 
     print("warm-up ...", file=sys.stderr)
-    _timed_run(bandit, seeds, steps=100)
+    _timed_run(presets, seeds, steps=100)
     walls, cpus, loads = [], [], []
     for i in range(args.repeats):
-        _, wall, cpu, load = _timed_run(bandit, seeds)
+        _, wall, cpu, load = _timed_run(presets, seeds)
         walls.append(wall)
         cpus.append(cpu)
         loads.append(load)
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     # Scaling: fixed overhead vs work (1 vs 8 seeds), and 1 vs 2 threads.
     def ms_per_step(n_seeds, threads, n_steps=400):
         torch.set_num_threads(threads)
-        _, wall, _, _ = _timed_run(bandit, range(n_seeds), steps=n_steps, log_every=n_steps)
+        _, wall, _, _ = _timed_run(presets, range(n_seeds), steps=n_steps, log_every=n_steps)
         torch.set_num_threads(args.threads)
         return 1e3 * wall / n_steps
 
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        bandit.run_preset("classic", seeds, steps=200, log_every=1000, threads=None)
+        presets.run_preset("classic", seeds, steps=200, log_every=1000, threads=None)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total_us = sum(e.self_cpu_time_total for e in events)
     top_ops = [
@@ -102,8 +102,8 @@ def main(argv=None) -> int:
     n_ops = sum(e.count for e in events if e.key.startswith("aten::")) / 200
 
     # Robustness of the classic claims over more seeds.
-    runs, rob_wall, _, _ = _timed_run(bandit, range(args.robustness_seeds))
-    claims = bandit.check_claims(runs)
+    runs, rob_wall, _, _ = _timed_run(presets, range(args.robustness_seeds))
+    claims = report.check_claims(runs)
     print(
         f"robustness: all claims hold in {claims['all']['count']}/{claims['n_seeds']} seeds", file=sys.stderr
     )
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         print(f"demo: {demo['wall_s']:.1f} s wall", file=sys.stderr)
 
     payload = {
-        "what": "ncakit.bandit.run_preset('classic'): 4 losses x 3 settings x 8 seeds x 2000 steps, one batched program",
+        "what": "ncakit.toy.presets.run_preset('classic'): 4 losses x 3 settings x 8 seeds x 2000 steps, one batched program",
         "threads": args.threads,
         "steps": steps,
         "wall_s": summarize(walls),

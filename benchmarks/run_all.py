@@ -6,14 +6,14 @@
 
 Items and the settings used here (chosen to finish in under 15 minutes on a 2-core CPU machine):
 
-  e2e   bench_e2e_trl.py      ncakit.train vs TRL DPOTrainer, sigmoid + nca_pair, 3 interleaved repeats of
+  e2e   bench_e2e_trl.py      ncakit.scale.train vs TRL DPOTrainer, sigmoid + nca_pair, 3 interleaved repeats of
                               10 optimizer steps, parity runs, one profiled run per trainer
   head  bench_logprob_head.py log-prob heads at V = 32000, 8192 tokens, hidden 1024, 2 repeats per variant,
                               1 torch thread
                               (the 128k-vocabulary sizes take ~30 min: run the script with
                               ``--vocab 32000 128256 --rounds 2 --threads 1 --name logprob_head_full``; shown when present)
   k     bench_k_scaling.py    K = 2, 4, 8 through batch_logps + nca, forward + backward
-  toy   bench_toy.py          the classroom sweep (``ncakit.bandit.run_preset("classic")``), goal <= 10 s
+  toy   bench_toy.py          the classroom sweep (``ncakit.toy.presets.run_preset("classic")``), goal <= 10 s
 
 Every item writes benchmarks/results/<name>.json (machine, versions, date, load average, raw numbers);
 this script adds results/run_all.json (wall time per item and in total). Item 5 (GPU,
@@ -206,11 +206,11 @@ def section_e2e_model_ref(d: dict | None) -> list[str]:
 
 
 def section_e2e(d: dict | None) -> list[str]:
-    out = ["## 1. End to end: ncakit.train vs TRL 1.16 DPOTrainer", ""]
+    out = ["## 1. End to end: ncakit.scale.train vs TRL 1.16 DPOTrainer", ""]
     out += [
         "**How.** `bench_e2e_trl.py` builds one workspace (an 8192-token BPE tokenizer trained here, a Llama "
         "from `LlamaConfig` with hidden 256 / 4 layers / 4 heads, 2 KV heads / MLP 1024 / untied head, "
-        "synthetic pairwise data from `ncakit.tinylm`) and gives both trainers the same model file, the same "
+        "synthetic pairwise data from `ncakit.scale.tinylm`) and gives both trainers the same model file, the same "
         "rows (canonical K = 2 for ncakit; `prompt`/`chosen`/`rejected` messages for TRL; the script checks both "
         "tokenise every row to the same ids), batch size, gradient accumulation, learning rate (constant), "
         "`torch.optim.AdamW` (TRL set to `optim=adamw_torch`; its default is the fused kernel), no weight "
@@ -626,7 +626,7 @@ def section_k(d: dict | None) -> list[str]:
 def section_toy(d: dict | None) -> list[str]:
     out = ["## 4. Toy sweep", ""]
     out += [
-        '**How.** `bench_toy.py`: the classroom preset `ncakit.bandit.run_preset("classic")` (4 losses x 3 '
+        '**How.** `bench_toy.py`: the classroom preset `ncakit.toy.presets.run_preset("classic")` (4 losses x 3 '
         "settings x 8 seeds x 2000 steps as one batched tensor program) after a warm-up, repeated; "
         "plus ms per step with 1 vs 8 seeds and 1 vs 2 threads, the top operators (torch.profiler), the "
         "classic claims checked seed by seed, and `python toy/demo.py` end to end.",

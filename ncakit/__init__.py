@@ -1,18 +1,28 @@
 """ncakit: Noise Contrastive Alignment (NCA), InfoNCA and the DPO family on one loss library.
 
-The core modules import nothing beyond torch (and numpy for summaries)::
+The core (this package's top-level modules) imports nothing beyond torch (and numpy)::
 
-    from ncakit.losses import get_loss, LOSSES     # the losses, pure functions of [B, K] log-probs
-    from ncakit.logprobs import sequence_logps     # token logits -> sequence log-probs (chunked)
-    from ncakit.metrics import preference_metrics  # TRL-named metrics and their K-way analogues
-    from ncakit.zoo import ZOO_LOSSES              # SPPO, f-DPO, DPOP, PRO, ASFT, CPL, ... (registered)
+    from ncakit import get_loss, loss_spec          # the registry: every loss by name, with its facts
+    from ncakit.losses import nca, infonca, dpo     # the losses, pure functions of [B, K] log-probs
+    from ncakit.logprobs import sequence_logps      # token logits -> sequence log-probs (chunked)
+    from ncakit.metrics import preference_metrics   # TRL-named metrics and their K-way analogues
+    from ncakit.zoo import ZOO_LOSSES               # SPPO, f-DPO, DPOP, PRO, ASFT, CPL, ... (registered)
 
-The toy track (``ncakit.bandit``, ``ncakit.plots``) adds matplotlib; the scale track
-(``ncakit.data``, ``ncakit.tinylm``) imports transformers / datasets / accelerate inside those
-modules only, so ``import ncakit`` stays light (a test checks it).
+Two tracks build on it and never import each other: ``ncakit.toy`` (bandits; matplotlib in its
+figure modules only) and ``ncakit.scale`` (the accelerate loop; transformers, datasets and
+accelerate). ``import ncakit`` loads neither (tests/test_architecture.py checks it).
 """
 
-from ncakit import logprobs, losses, metrics, ranking, registry, validation, zoo  # losses + zoo register
+from ncakit import (  # losses + zoo register
+    logprobs,
+    losses,
+    metrics,
+    ranking,
+    registry,
+    validation,
+    variants,
+    zoo,
+)
 from ncakit.losses import LossOutput
 from ncakit.registry import get_loss, loss_spec
 from ncakit.utils import seed_everything
@@ -25,6 +35,7 @@ __all__ = [
     "metrics",
     "ranking",
     "zoo",
+    "variants",
     "registry",
     "validation",
     "LossOutput",

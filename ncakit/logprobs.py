@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ncakit.validation import check_int
+
 __all__ = [
     "IGNORE_INDEX",
     "token_logps_naive",
@@ -155,7 +157,7 @@ def token_logps(
     _check_logits_labels(logits, labels)
     targets, mask = _shift(labels, ignore_index)
     n, t1, v = logits.shape[0], logits.shape[1] - 1, logits.shape[2]
-    chunk_size = chunk_size or auto_chunk_size(v)
+    chunk_size = auto_chunk_size(v) if chunk_size is None else check_int("chunk_size", chunk_size, 1)
     z = logits[:, :-1].reshape(n * t1, v)  # a view when logits are contiguous
     flat = _ChunkedLogitsLogps.apply(z, targets.reshape(-1), int(chunk_size))
     return flat.view(n, t1) * mask
@@ -279,7 +281,9 @@ def linear_token_logps(
         raise ValueError(f"targets: expected shape [{hidden.shape[0]}], got {list(targets.shape)}")
     if hidden.dtype != weight.dtype:
         raise TypeError(f"hidden: expected the head's dtype {weight.dtype}, got {hidden.dtype}")
-    chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
+    chunk_size = (
+        auto_chunk_size(weight.shape[0]) if chunk_size is None else check_int("chunk_size", chunk_size, 1)
+    )
     return _LinearLogps.apply(hidden, weight, targets.long(), int(chunk_size))
 
 

@@ -11,7 +11,8 @@ with
   :mod:`ncakit.logprobs`), for B prompts with K responses each;
 - ``ref_logps`` ``[B, K]``: the same under the frozen reference μ = π_ref;
 - ``rewards`` ``[B, K]``: scalar rewards r_k (K-way losses need them; the pairwise losses take
-  K = 2 with the chosen response in column 0 and use rewards only to check that order);
+  K = 2 with the chosen response in column 0 and use rewards only to check that order). Rewards
+  are labels: they are detached, so no gradient ever flows into them;
 - ``mask`` ``[B, K]`` bool (optional): False marks padding responses of prompts that have fewer
   than K; every prompt needs at least 2 valid responses.
 
@@ -65,6 +66,7 @@ __all__ = [
     "hinge",
     "plackett_luce",
     "compute_dtype",
+    "valid_mask",
     "loss_output",
     "chosen_one_hot",
     "pairwise_setup",
@@ -108,6 +110,11 @@ def log_ratios(
     return s
 
 
+def valid_mask(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``mask`` itself, or all-True ``[B, K]`` like ``t`` when there is none."""
+    return mask if mask is not None else torch.ones_like(t, dtype=torch.bool)
+
+
 def soft_labels(
     rewards: torch.Tensor,
     alpha: float = 1.0,
@@ -130,7 +137,7 @@ def soft_labels(
     alpha = check_positive("alpha", alpha)
     first_bonus = check_real("first_bonus", first_bonus)
     dtype = compute_dtype(rewards)
-    r = rewards.to(dtype)
+    r = rewards.detach().to(dtype)  # labels: constants, never differentiated
     if first_bonus:
         r = r.clone()
         r[:, 0] = r[:, 0] + first_bonus
@@ -443,7 +450,7 @@ def plackett_luce(
     s = log_ratios(policy_logps, ref_logps, mask)
     B, K = s.shape
     dtype = s.dtype
-    r = rewards.to(dtype)
+    r = rewards.detach().to(dtype)
     valid = mask if mask is not None else torch.ones_like(s, dtype=torch.bool)
     sort_key = torch.where(valid, r, torch.full((), -math.inf, dtype=dtype, device=r.device))
     order = torch.sort(sort_key, dim=-1, descending=True, stable=True).indices

@@ -96,12 +96,15 @@ def check_positive(name: str, value) -> float:
     return check_real(name, value, low=0.0, low_inclusive=False)
 
 
-def check_int(name: str, value, low: int | None = None) -> int:
-    """An integer (Python or NumPy, not a bool) ``>= low``, as an int."""
-    bound = f" >= {low}" if low is not None else ""
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """An integer (Python or NumPy, not a bool) with ``low <= value <= high``, as an int."""
+    if low is not None and high is not None:
+        bound = f" in [{low}, {high}]"
+    else:
+        bound = f" >= {low}" if low is not None else (f" <= {high}" if high is not None else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int{bound}, got {type(value).__name__} {value!r}")
-    if low is not None and value < low:
+    if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{name}: expected an int{bound}, got {value}")
     return int(value)
 

@@ -4,7 +4,7 @@
     python scale/plot_dynamics.py out/scale-demo                      # -> out/scale-demo/dynamics.png
     python scale/plot_dynamics.py out/nca out/dpo --out out/nca-vs-dpo.png
 
-A thin entry point to :func:`ncakit.runlog.plot_run_dynamics`.
+A thin entry point to :func:`ncakit.scale.runlog.plot_run_dynamics`.
 """
 
 import argparse
@@ -14,7 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from ncakit.runlog import plot_run_dynamics, read_run  # noqa: E402
+from ncakit.scale.runlog import plot_run_dynamics, read_run  # noqa: E402
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""Train a policy with any ncakit loss: a thin entry point to :func:`ncakit.train.main`.
+"""Train a policy with any ncakit loss: a thin entry point to :func:`ncakit.scale.train.main`.
 
     accelerate launch --config_file scale/accelerate/cpu.yaml scale/train.py \
         --config scale/recipes/tiny-cpu.yaml --output_dir out/scale-demo
@@ -8,7 +8,7 @@
 
 import sys
 
-from ncakit.train import main
+from ncakit.scale.train import main
 
 if __name__ == "__main__":
     try:

@@ -1,4 +1,4 @@
-"""The classroom helpers behind tutorials 1 and 3: ``bandit.quick_run``, ``Bandit.chosen_and_rejected``
+"""The classroom helpers behind tutorials 1 and 3: ``presets.quick_run``, ``Bandit.chosen_and_rejected``
 and the figures/controls ``plot_bandit``, ``plot_policy``, ``plot_live``, ``plot_frontier``,
 ``plot_sweep`` over K, and ``live_controls``.
 """
@@ -17,8 +17,11 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ncakit import bandit as B  # noqa: E402
-from ncakit import plots  # noqa: E402
+from ncakit.toy.bandit import BanditConfig, make_bandit  # noqa: E402
+from ncakit.toy.classroom import live_controls, plot_bandit, plot_frontier, plot_live, plot_policy  # noqa: E402
+from ncakit.toy.figures import plot_sweep  # noqa: E402
+from ncakit.toy.presets import CLASSIC_ALPHA, CLASSIC_BETA, get_preset, quick_run  # noqa: E402
+from ncakit.toy.trainer import BanditTrainConfig, Setting, train_bandits  # noqa: E402
 from ncakit.utils import notebook_style
 
 
@@ -30,19 +33,19 @@ def _close_figures():
 
 @pytest.fixture(scope="module")
 def small():
-    return B.quick_run(family="lowrank", steps=20, seeds=(0, 1))
+    return quick_run(family="lowrank", steps=20, seeds=(0, 1))
 
 
 # ----------------------------------------------------------------------------------------------
-# bandit.quick_run and Bandit.chosen_and_rejected
+# presets.quick_run and Bandit.chosen_and_rejected
 # ----------------------------------------------------------------------------------------------
 
 
 def test_quick_run_builds_the_requested_setting(small):
     st = small.setting
     assert (st.alpha, st.beta, st.bandit.k, st.policy.family, st.bandit.tuples_per_prompt) == (
-        B.CLASSIC_ALPHA,
-        B.CLASSIC_BETA,
+        CLASSIC_ALPHA,
+        CLASSIC_BETA,
         4,
         "lowrank",
         8,
@@ -56,22 +59,22 @@ def test_quick_run_builds_the_requested_setting(small):
 
 def test_quick_run_control_raises_the_chosen_likelihood_under_every_loss():
     # Tabular, one tuple per prompt (MATH.md: the control): no loss lowers the chosen log-ratio.
-    h = B.quick_run(family="tabular", tuples_per_prompt=1, steps=150, seeds=(0, 1))
+    h = quick_run(family="tabular", tuples_per_prompt=1, steps=150, seeds=(0, 1))
     assert (h.final("chosen") > 0).all()
 
 
 def test_quick_run_rejects_bad_knobs():
     with pytest.raises(ValueError, match="family"):
-        B.quick_run(family="transformer", steps=1)
+        quick_run(family="transformer", steps=1)
     with pytest.raises(ValueError, match="k: expected K <= n_responses"):
-        B.quick_run(k=40, steps=1)
+        quick_run(k=40, steps=1)
     with pytest.raises(ValueError, match="steps"):
-        B.quick_run(steps=0)
+        quick_run(steps=0)
 
 
 def test_chosen_and_rejected_matches_a_loop_and_is_zero_for_one_tuple():
-    cfg = B.BanditConfig(n_prompts=5, n_responses=10, k=3, tuples_per_prompt=6)
-    b = B.make_bandit(cfg, seeds=(0, 1))
+    cfg = BanditConfig(n_prompts=5, n_responses=10, k=3, tuples_per_prompt=6)
+    b = make_bandit(cfg, seeds=(0, 1))
     got = b.chosen_and_rejected()
     assert got.shape == (2, 5) and got.dtype == torch.long
     for s, x in itertools.product(range(2), range(5)):
@@ -80,7 +83,7 @@ def test_chosen_and_rejected_matches_a_loop_and_is_zero_for_one_tuple():
         below = {y for t in tuples for y in t[1:]}
         assert got[s, x].item() == len(chosen & below)
     assert got.sum() > 0  # 6 tuples of 3 out of 10 responses must overlap somewhere
-    one = B.make_bandit(B.BanditConfig(n_prompts=5, n_responses=10, k=3, tuples_per_prompt=1), seeds=(0,))
+    one = make_bandit(BanditConfig(n_prompts=5, n_responses=10, k=3, tuples_per_prompt=1), seeds=(0,))
     assert one.chosen_and_rejected().sum() == 0  # each response appears once
 
 
@@ -90,51 +93,51 @@ def test_chosen_and_rejected_matches_a_loop_and_is_zero_for_one_tuple():
 
 
 def test_plot_bandit_draws_one_cell_per_tuple_entry():
-    b = B.make_bandit(B.BanditConfig(n_prompts=2, n_responses=12, k=3, tuples_per_prompt=4), seeds=(0,))
-    fig = plots.plot_bandit(b, prompt=1)
+    b = make_bandit(BanditConfig(n_prompts=2, n_responses=12, k=3, tuples_per_prompt=4), seeds=(0,))
+    fig = plot_bandit(b, prompt=1)
     grid = fig.axes[1]
     ranks = [t.get_text() for t in grid.texts]
     assert sorted(ranks) == sorted(["1", "2", "3"] * 4)  # M = 4 tuples of K = 3 ranks
     with pytest.raises(ValueError, match="prompt"):
-        plots.plot_bandit(b, prompt=2)
+        plot_bandit(b, prompt=2)
     with pytest.raises(ValueError, match="seed_index"):
-        plots.plot_bandit(b, seed_index=1)
+        plot_bandit(b, seed_index=1)
 
 
 def test_plot_policy_and_plot_live(small):
-    fig = plots.plot_policy(small, ("dpo", "nca"))
+    fig = plot_policy(small, ("dpo", "nca"))
     assert len(fig.axes) == 2
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0].startswith("DPO") and titles[1].startswith("NCA")
     with pytest.raises(ValueError, match="step"):
-        plots.plot_policy(small, step=len(small.steps))
-    fig = plots.plot_live(small, panels=("chosen", "mass", "reward_kl"))
+        plot_policy(small, step=len(small.steps))
+    fig = plot_live(small, panels=("chosen", "mass", "reward_kl"))
     assert len(fig.axes) == 3
     with pytest.raises(ValueError, match="panels: unknown 'margin'"):
-        plots.plot_live(small, panels=("margin",))
+        plot_live(small, panels=("margin",))
 
 
 def test_sweep_over_k_and_the_frontier():
-    ov = B.get_preset("classic").settings[1]
+    ov = get_preset("classic").settings[1]
     settings = [
-        B.Setting(f"k{k}", dataclasses.replace(ov.bandit, k=k), ov.policy, beta=ov.beta, alpha=a, lr=ov.lr)
+        Setting(f"k{k}", dataclasses.replace(ov.bandit, k=k), ov.policy, beta=ov.beta, alpha=a, lr=ov.lr)
         for k, a in ((2, 0.3), (4, 1.0))
     ]
-    runs = B.train(settings, (0, 1), B.TrainConfig(losses=("infonca", "nca"), steps=5, log_every=5))
-    fig = plots.plot_sweep(runs, "k")
+    runs = train_bandits(settings, (0, 1), BanditTrainConfig(losses=("infonca", "nca"), steps=5, log_every=5))
+    fig = plot_sweep(runs, "k")
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["2", "4"]
-    fig = plots.plot_frontier(runs, "alpha")
+    fig = plot_frontier(runs, "alpha")
     ax = fig.axes[0]
     stars = [c for c in ax.collections if c.get_offsets().shape[0] == 1 and c.get_sizes()[0] > 300]
     assert len(stars) == 2  # one π* per setting (α·β differs)
     with pytest.raises(ValueError, match="param"):
-        plots.plot_frontier(runs, "gamma")
+        plot_frontier(runs, "gamma")
 
 
 def test_live_controls_call_draw_with_the_slider_values():
     pytest.importorskip("ipywidgets")
     calls = []
-    box = plots.live_controls(lambda **kw: calls.append(kw), alpha=1.0, beta=1.0, family="tabular")
+    box = live_controls(lambda **kw: calls.append(kw), alpha=1.0, beta=1.0, family="tabular")
     # interactive_output draws once at construction, with the defaults.
     assert calls == [{"alpha": 1.0, "beta": 1.0, "k": 4, "family": "tabular", "tuples_per_prompt": 8}]
     sliders = box.children[0].children
@@ -143,9 +146,9 @@ def test_live_controls_call_draw_with_the_slider_values():
     assert calls[-1]["alpha"] == 0.1 and len(calls) == 2
     assert box._repr_mimebundle_()["text/plain"].startswith("[live controls")
     with pytest.raises(ValueError, match="alpha: expected one of the slider values"):
-        plots.live_controls(lambda **kw: None, alpha=0.25)
+        live_controls(lambda **kw: None, alpha=0.25)
     with pytest.raises(ValueError, match="tuples_per_prompt"):
-        plots.live_controls(lambda **kw: None, tuples_per_prompt=0)
+        live_controls(lambda **kw: None, tuples_per_prompt=0)
 
 
 def test_notebook_style_sets_the_tutorials_defaults():

@@ -1,5 +1,5 @@
-"""The zoo preset of the toy bandit: every registered loss on the classic's settings (ncakit.bandit,
-ncakit.plots.plot_zoo, toy/demo.py --preset zoo).
+"""The zoo preset of the toy bandit: every registered loss on the classic's settings (ncakit.toy.presets,
+ncakit.toy.report.format_zoo_table, ncakit.toy.figures.plot_zoo, toy/demo.py --preset zoo).
 
 What is asserted follows from the losses' math and was checked first on 20 seeds x 1000 steps (the
 preset's length) and on the 3 seeds x 300 steps used here:
@@ -27,9 +27,12 @@ import pytest
 
 matplotlib.use("Agg")
 
-from ncakit import bandit as B  # noqa: E402
-from ncakit import plots  # noqa: E402
 from ncakit.registry import ALIASES, LOSS_SPECS, get_loss, loss_color, loss_label  # noqa: E402
+from ncakit.toy.bandit import BanditConfig, make_bandit  # noqa: E402
+from ncakit.toy.figures import loss_style, plot_zoo, preset_figures, save_figure  # noqa: E402
+from ncakit.toy.presets import ZOO_EXCLUDED, ZOO_STEPS, get_preset, run_preset, zoo_losses  # noqa: E402
+from ncakit.toy.report import ZOO_COLUMNS, format_zoo_table  # noqa: E402
+from ncakit.toy.trainer import END_METRICS, BanditTrainConfig, Setting, train_bandits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (0, 1, 2)
@@ -39,7 +42,7 @@ NCA_LIKE = ("nca", "nca_pair", "biased_nca", "nca_lsc", "sppo")
 
 @pytest.fixture(scope="module")
 def zoo():
-    return B.run_preset("zoo", SEEDS, steps=STEPS)
+    return run_preset("zoo", SEEDS, steps=STEPS)
 
 
 def _chosen(h, loss, metric="chosen"):
@@ -52,45 +55,45 @@ def _chosen(h, loss, metric="chosen"):
 
 
 def test_zoo_preset_runs_every_canonical_registered_loss(zoo):
-    preset = B.get_preset("zoo")
-    expected = [n for n in LOSS_SPECS if n not in B.ZOO_EXCLUDED]
-    assert list(preset.losses) == expected == list(B.zoo_losses())
-    assert set(B.ZOO_EXCLUDED) == {"f_dpo"}  # f_dpo at its default divergence is DPO itself
+    preset = get_preset("zoo")
+    expected = [n for n in LOSS_SPECS if n not in ZOO_EXCLUDED]
+    assert list(preset.losses) == expected == list(zoo_losses())
+    assert set(ZOO_EXCLUDED) == {"f_dpo"}  # f_dpo at its default divergence is DPO itself
     assert not set(preset.losses) & set(ALIASES), "canonical names only"
     assert {"sppo", "f_dpo_forward_kl", "f_dpo_js", "f_dpo_alpha", "dpop", "pro", "asft", "cpl"} <= set(
         preset.losses
     )
-    assert [s.name for s in preset.settings] == [s.name for s in B.get_preset("classic").settings]
-    assert preset.report == "zoo" and preset.steps == B.ZOO_STEPS
+    assert [s.name for s in preset.settings] == [s.name for s in get_preset("classic").settings]
+    assert preset.report == "zoo" and preset.steps == ZOO_STEPS
     assert list(zoo) == ["tabular-control", "tabular-overlap", "lowrank"]
     for h in zoo.values():
         assert h.losses == preset.losses
         assert h.loss_kwargs == {"asft": {"beta": 1.0}}
-        for metric, _, _ in B.ZOO_COLUMNS:
+        for metric, _, _ in ZOO_COLUMNS:
             v = h.final(metric)
             assert v.shape == (len(preset.losses), len(SEEDS)) and np.isfinite(v).all(), metric
 
 
 def test_zoo_table_has_every_column_and_row(zoo):
-    text = B.format_zoo_table(zoo)
-    header = "| loss | data | " + " | ".join(c[1] for c in B.ZOO_COLUMNS) + " |"
+    text = format_zoo_table(zoo)
+    header = "| loss | data | " + " | ".join(c[1] for c in ZOO_COLUMNS) + " |"
     assert text.count(header) == len(zoo)
     assert "Def. 2.3 / Eq. 1" in text and "every within-tuple pair" in text  # which ranking accuracy
     assert text.count("| μ (reference) |") == len(zoo)
-    for loss in B.get_preset("zoo").losses:
+    for loss in get_preset("zoo").losses:
         rows = [line for line in text.splitlines() if line.startswith(f"| `{loss}`")]
         assert len(rows) == len(zoo), loss
-        assert all(line.count("±") == len(B.ZOO_COLUMNS) for line in rows)
+        assert all(line.count("±") == len(ZOO_COLUMNS) for line in rows)
     assert "`asft` †" in text and "`asft`: beta = 1.0" in text
     with pytest.raises(ValueError, match="runs: expected a non-empty"):
-        B.format_zoo_table({})
+        format_zoo_table({})
 
 
 def test_zoo_core_rows_are_the_classic_runs():
     """Batched (loss, seed, setting) slices never interact, so the zoo's DPO/NCA rows are exactly what
     the classic preset gives for the same seeds and steps."""
-    zoo = B.run_preset("zoo", (0, 1), steps=15)
-    classic = B.run_preset("classic", (0, 1), steps=15)
+    zoo = run_preset("zoo", (0, 1), steps=15)
+    classic = run_preset("classic", (0, 1), steps=15)
     for name, h in classic.items():
         for loss in h.losses:
             for m in ("chosen", "best_logratio", "kl", "ranking_accuracy"):
@@ -157,10 +160,12 @@ def _naive_ranking(logp: np.ndarray, tuples: np.ndarray, rewards: np.ndarray, pa
 
 def test_ranking_accuracy_of_mu_and_of_a_trained_policy_match_a_naive_count():
     # One prompt, so the tracked π_θ(·|x) IS the whole policy and the count can be redone by hand.
-    cfg = B.BanditConfig(n_prompts=1, n_responses=12, k=4, tuples_per_prompt=6, pair_view="best_random")
+    cfg = BanditConfig(n_prompts=1, n_responses=12, k=4, tuples_per_prompt=6, pair_view="best_random")
     seeds = (0, 1)
-    h = B.train(B.Setting("s", cfg), seeds, B.TrainConfig(losses=("dpo", "nca"), steps=25, log_every=5))["s"]
-    b = B.make_bandit(cfg, seeds)
+    h = train_bandits(
+        Setting("s", cfg), seeds, BanditTrainConfig(losses=("dpo", "nca"), steps=25, log_every=5)
+    )["s"]
+    b = make_bandit(cfg, seeds)
     names = ("ranking_accuracy", "ranking_accuracy_pairs", "ranking_accuracy_exact")
     for si in range(len(seeds)):
         data = (b.tuples[si].numpy(), b.tuple_rewards[si].numpy(), b.pairs[si].numpy())
@@ -174,7 +179,7 @@ def test_ranking_accuracy_of_mu_and_of_a_trained_policy_match_a_naive_count():
     # nothing dropped silently: every within-tuple pair is scored (continuous rewards never tie)
     assert (h.reference["ranking_accuracy_scored"] == 6 * 6).all()
     assert (h.reference["ranking_accuracy_skipped_ties"] == 0).all()
-    assert set(B.END_METRICS) == set(h.end_metrics)
+    assert set(END_METRICS) == set(h.end_metrics)
     assert h.final("ranking_accuracy").shape == (2, 2)
 
 
@@ -186,11 +191,11 @@ def test_ranking_accuracy_of_mu_and_of_a_trained_policy_match_a_naive_count():
 def test_loss_kwargs_reach_the_loss_call():
     """ASFT's step-0 loss in the run equals the loss called with the override β = 1 on the same data,
     not with the setting's β = 0.1."""
-    setting = B.get_preset("zoo").settings[1]
+    setting = get_preset("zoo").settings[1]
     seeds = (0, 1)
-    cfg = B.TrainConfig(losses=("asft",), steps=1, loss_kwargs={"asft": {"beta": 1.0}})
-    h = B.train(setting, seeds, cfg)[setting.name]
-    b = B.make_bandit(setting.bandit, seeds)
+    cfg = BanditTrainConfig(losses=("asft",), steps=1, loss_kwargs={"asft": {"beta": 1.0}})
+    h = train_bandits(setting, seeds, cfg)[setting.name]
+    b = make_bandit(setting.bandit, seeds)
     S, X, M, _ = b.pairs.shape
     ref = b.ref_logps.gather(2, b.pairs.reshape(S, X, M * 2)).reshape(S, X * M, 2)
     asft = get_loss("asft")
@@ -202,11 +207,11 @@ def test_loss_kwargs_reach_the_loss_call():
 
 
 def test_the_settings_alpha_reaches_the_lsc_losses():
-    """The LSC losses take α through **kwargs (ncakit.zoo's convention): the setting's α must reach them,
-    so two α give two different runs (they used to fall back to α = 1 silently)."""
-    base = B.Setting("s", B.BanditConfig(n_prompts=3, n_responses=12, tuples_per_prompt=3))
-    cfg = B.TrainConfig(losses=("nca_lsc", "infonca_lsc", "sppo", "pro"), steps=20, log_every=10)
-    runs = [B.train(dataclasses.replace(base, alpha=a), (0,), cfg)["s"] for a in (0.3, 3.0)]
+    """The LSC losses (and SPPO, PRO) take α as a keyword: the setting's α must reach them, so two α give
+    two different runs."""
+    base = Setting("s", BanditConfig(n_prompts=3, n_responses=12, tuples_per_prompt=3))
+    cfg = BanditTrainConfig(losses=("nca_lsc", "infonca_lsc", "sppo", "pro"), steps=20, log_every=10)
+    runs = [train_bandits(dataclasses.replace(base, alpha=a), (0,), cfg)["s"] for a in (0.3, 3.0)]
     for li, loss in enumerate(cfg.losses):
         assert not np.allclose(runs[0].final("chosen")[li], runs[1].final("chosen")[li]), loss
 
@@ -235,15 +240,15 @@ def test_the_settings_alpha_reaches_the_lsc_losses():
 )
 def test_loss_kwargs_errors(loss_kwargs, losses, exc, match):
     with pytest.raises(exc, match=match):
-        B.TrainConfig(losses=losses, loss_kwargs=loss_kwargs)
+        BanditTrainConfig(losses=losses, loss_kwargs=loss_kwargs)
 
 
 def test_loss_kwargs_are_hashable_and_readable():
-    cfg = B.TrainConfig(losses=("dpo", "asft"), loss_kwargs={"asft": {"beta": 1.0, "align_weight": 0.2}})
+    cfg = BanditTrainConfig(losses=("dpo", "asft"), loss_kwargs={"asft": {"beta": 1.0, "align_weight": 0.2}})
     hash(cfg)
     assert cfg.kwargs_for("asft") == {"align_weight": 0.2, "beta": 1.0} and cfg.kwargs_for("dpo") == {}
     # a preset's overrides apply only to the losses a run trains (--losses may leave them out)
-    runs = B.run_preset("zoo", (0,), steps=2, losses=["dpo", "nca"])
+    runs = run_preset("zoo", (0,), steps=2, losses=["dpo", "nca"])
     assert next(iter(runs.values())).loss_kwargs == {}
 
 
@@ -253,29 +258,29 @@ def test_loss_kwargs_are_hashable_and_readable():
 
 
 def test_zoo_figure_rows_sorted_and_saved(zoo, tmp_path):
-    fig = plots.plot_zoo(zoo)
+    fig = plot_zoo(zoo)
     assert len(fig.axes) == 2 * len(zoo)  # chosen log-ratio + reward gain per setting
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    losses = B.get_preset("zoo").losses
+    losses = get_preset("zoo").losses
     assert sorted(labels) == sorted(loss_label(n) for n in losses)
     # rows: highest chosen log-ratio in the last setting on top (y grows upwards)
     h = zoo["lowrank"]
     by_label = {loss_label(n): _chosen(h, n).mean() for n in losses}
     assert [by_label[lab] for lab in labels] == sorted(by_label.values())
-    path = plots.save_figure(fig, tmp_path / "zoo.png")
+    path = save_figure(fig, tmp_path / "zoo.png")
     assert path.read_bytes().startswith(b"\x89PNG")
-    assert set(plots.preset_figures(zoo, report="zoo")) == {"zoo"}
+    assert set(preset_figures(zoo, report="zoo")) == {"zoo"}
     with pytest.raises(ValueError, match="order_by: expected a setting name"):
-        plots.plot_zoo(zoo, order_by="nope")
-    with pytest.raises(ValueError, match="report: expected 'standard' or 'zoo'"):
-        plots.preset_figures(zoo, report="big")
+        plot_zoo(zoo, order_by="nope")
+    with pytest.raises(ValueError, match=r"report: unknown 'big'; expected one of \['standard', 'zoo'\]"):
+        preset_figures(zoo, report="big")
 
 
 def test_zoo_losses_have_distinct_colours_and_labels():
-    losses = B.get_preset("zoo").losses
+    losses = get_preset("zoo").losses
     assert len({loss_color(n) for n in losses}) == len(losses)
     assert len({loss_label(n) for n in losses}) == len(losses)
-    assert plots.loss_style("dpop")["linestyle"] == "--" and plots.loss_style("sppo")["linestyle"] == "-"
+    assert loss_style("dpop")["linestyle"] == "--" and loss_style("sppo")["linestyle"] == "-"
 
 
 def test_demo_cli_zoo_writes_table_figure_and_summary(tmp_path):
@@ -292,7 +297,7 @@ def test_demo_cli_zoo_writes_table_figure_and_summary(tmp_path):
     table = (out / "zoo_table.md").read_text()
     assert table.count("| `dpop` | pair |") == 3
     s = json.loads((out / "summary.json").read_text())
-    assert s["preset"] == "zoo" and s["losses"] == list(B.zoo_losses()) and s["steps"] == 10
+    assert s["preset"] == "zoo" and s["losses"] == list(zoo_losses()) and s["steps"] == 10
     assert s["loss_kwargs"] == {"asft": {"beta": 1.0}}
     cell = s["settings"]["lowrank"]["final"]["cpl"]
     assert {"chosen", "best_logratio", "mass_unseen", "reward_gain", "kl", "ranking_accuracy"} <= set(cell)

@@ -1,4 +1,4 @@
-"""ncakit.data: adapters, loading with counted drops, tokenisation (authors' truncation), collation,
+"""ncakit.scale.data: adapters, loading with counted drops, tokenisation (authors' truncation), collation,
 batching. Runs offline on the committed fixtures (tests/fixtures/, written by make_fixtures.py)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
-from ncakit import data, tinylm  # noqa: E402
-from ncakit.data import (  # noqa: E402
+from ncakit.scale import data, tinylm  # noqa: E402
+from ncakit.scale.data import (  # noqa: E402
     DroppedExamplesWarning,
     ExampleError,
     KResponseCollator,

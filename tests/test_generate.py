@@ -1,4 +1,4 @@
-"""ncakit.generate: K sampled responses per prompt with LEFT padding (a prompt decodes the same alone
+"""ncakit.scale.generate: K sampled responses per prompt with LEFT padding (a prompt decodes the same alone
 and in a batch with longer prompts), reward specs (module:function, callable, reward model with
 padding-invariant scores), the canonical dataset it writes, and one on-policy round (generate ->
 train on the file)."""
@@ -15,7 +15,11 @@ datasets = pytest.importorskip("datasets")
 
 import torch  # noqa: E402
 
-from ncakit import data, generate, tinylm  # noqa: E402
+from ncakit.scale import (  # noqa: E402
+    data,  # noqa: E402
+    generate,
+    tinylm,
+)
 
 datasets.disable_progress_bars()
 
@@ -57,7 +61,7 @@ def test_sampling_is_seeded_and_returns_k_per_prompt(kit):
 
 
 def test_reward_specs():
-    fn = generate.load_reward("ncakit.tinylm:reward")
+    fn = generate.load_reward("ncakit.scale.tinylm:reward")
     prompts = ["reverse: abc", "reverse: abc", [{"role": "user", "content": "copy: xy"}]]
     responses = ["cba", "cbx", "xy"]
     assert fn(prompts, responses) == [tinylm.reward(p, r) for p, r in zip(prompts, responses)]
@@ -65,8 +69,8 @@ def test_reward_specs():
     assert generate.load_reward(lambda p, r: len(r))(["a", "b"], ["xyz", ""]) == [3.0, 0.0]
     with pytest.raises(ValueError, match="^reward: cannot import module 'no_such_module'"):
         generate.load_reward("no_such_module:f")
-    with pytest.raises(ValueError, match="^reward: 'ncakit.tinylm' has no callable 'nope'"):
-        generate.load_reward("ncakit.tinylm:nope")
+    with pytest.raises(ValueError, match="^reward: 'ncakit.scale.tinylm' has no callable 'nope'"):
+        generate.load_reward("ncakit.scale.tinylm:nope")
     with pytest.raises(ValueError, match="non-finite score nan"):
         generate.load_reward(lambda p, r: math.nan)(["a"], ["b"])
     with pytest.raises(ValueError, match="^responses: expected 2 entries"):
@@ -101,7 +105,7 @@ def test_reward_model_scores_are_padding_invariant(kit, tmp_path):
 def test_generate_k_dataset_writes_canonical_rows(kit, tmp_path):
     out = tmp_path / "gen.jsonl"
     rows, stats = generate.generate_k_dataset(
-        kit.model, kit.tokenizer, PROMPTS, "ncakit.tinylm:reward", out, k=4, max_new_tokens=8, seed=3
+        kit.model, kit.tokenizer, PROMPTS, "ncakit.scale.tinylm:reward", out, k=4, max_new_tokens=8, seed=3
     )
     assert stats["prompts"] == 3 and stats["responses"] == 12
     for row, p in zip(rows, PROMPTS):
@@ -112,13 +116,13 @@ def test_generate_k_dataset_writes_canonical_rows(kit, tmp_path):
     loaded, lstats = data.load_k_dataset(str(out), warn=False)
     assert lstats.rows_kept == 3 and lstats.k_counts == {4: 3}
     meta = json.loads((tmp_path / "gen.jsonl.meta.json").read_text())
-    assert meta["reward"] == "ncakit.tinylm:reward" and meta["k"] == 4
+    assert meta["reward"] == "ncakit.scale.tinylm:reward" and meta["k"] == 4
 
 
 def test_on_policy_round_generate_then_train(kit, tmp_path):
     from accelerate.state import AcceleratorState, GradientState
 
-    from ncakit.train import main as train_main
+    from ncakit.scale.train import main as train_main
 
     out = tmp_path / "onpolicy.jsonl"
     rows, stats = generate.main(

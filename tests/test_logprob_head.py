@@ -1,4 +1,4 @@
-"""ncakit.refcache.LogprobHead: the LM head that returns per-token log-probs from inside the model's
+"""ncakit.scale.forward.LogprobHead: the LM head that returns per-token log-probs from inside the model's
 forward equals the naive path (full-vocab float64 log_softmax of the logits) in values AND gradients,
 for a trainable head (full fine-tuning) and a frozen one (LoRA), leaves logits / state dict /
 generation unchanged when unarmed, and refuses what it cannot do. (Through a DDP wrapper it is
@@ -15,8 +15,13 @@ datasets = pytest.importorskip("datasets")
 
 import torch  # noqa: E402
 
-from ncakit import data, refcache, tinylm  # noqa: E402
 from ncakit.logprobs import sequence_logps  # noqa: E402
+from ncakit.scale import (  # noqa: E402
+    data,  # noqa: E402
+    forward,
+    reference,
+    tinylm,
+)
 
 datasets.disable_progress_bars()
 
@@ -49,13 +54,13 @@ def naive(model, batch):
 def test_head_equals_naive_values_and_grads(tok, batch, frozen_head):
     base = tinylm.tiny_llama(tok, hidden=48, layers=2, seed=1)
     lean = copy.deepcopy(base)
-    head = refcache.install_logprob_head(lean)
-    assert isinstance(head, refcache.LogprobHead) and lean.lm_head is head
+    head = forward.install_logprob_head(lean)
+    assert isinstance(head, forward.LogprobHead) and lean.lm_head is head
     if frozen_head:  # LoRA-style: the head gets no gradient (the "pre" mode of linear_token_logps)
         for m in (base, lean):
             m.lm_head.weight.requires_grad_(False)
     want = naive(base, batch)
-    got = refcache.batch_logps(lean, batch)  # auto -> the head path
+    got = forward.batch_logps(lean, batch)  # auto -> the head path
     assert got.dtype == torch.float32 and got.shape == want.shape
     torch.testing.assert_close(got.double(), want, atol=5e-5, rtol=1e-6)
     assert float(got.detach()[2, 3]) == 0.0, "masked response: exactly 0"
@@ -77,11 +82,11 @@ def test_head_equals_naive_values_and_grads(tok, batch, frozen_head):
 def test_head_path_equals_hidden_and_logits_paths(tok, batch):
     model = tinylm.tiny_llama(tok, hidden=48, layers=2, seed=4).eval()
     with torch.no_grad():
-        hidden = refcache.batch_logps(model, batch, path="hidden")
-        logits = refcache.batch_logps(model, batch, path="logits")
-        refcache.install_logprob_head(model)
-        head = refcache.batch_logps(model, batch, path="head")
-        avg = refcache.batch_logps(model, batch, path="head", average=True)
+        hidden = forward.batch_logps(model, batch, path="hidden")
+        logits = forward.batch_logps(model, batch, path="logits")
+        forward.install_logprob_head(model)
+        head = forward.batch_logps(model, batch, path="head")
+        avg = forward.batch_logps(model, batch, path="head", average=True)
     torch.testing.assert_close(head, hidden, atol=2e-5, rtol=1e-6)
     torch.testing.assert_close(head, logits, atol=2e-5, rtol=1e-6)
     lengths = batch["response_lengths"].clamp(min=1).float()
@@ -92,9 +97,9 @@ def test_unarmed_head_is_the_plain_linear_and_keeps_the_state_dict(tok):
     base = tinylm.tiny_llama(tok, hidden=48, layers=2, seed=5).eval()
     lean = copy.deepcopy(base)
     weight = lean.lm_head.weight
-    head = refcache.install_logprob_head(lean)
+    head = forward.install_logprob_head(lean)
     assert head.weight is weight, "the same Parameter object: optimizers and tying are unaffected"
-    assert refcache.install_logprob_head(lean) is head, "idempotent"
+    assert forward.install_logprob_head(lean) is head, "idempotent"
     assert list(lean.state_dict()) == list(base.state_dict())
     ids = torch.tensor([tok("reverse: abc")["input_ids"]])
     with torch.no_grad():
@@ -111,15 +116,15 @@ def test_unarmed_head_is_the_plain_linear_and_keeps_the_state_dict(tok):
         ):
             pass
     assert not head.armed, "disarmed after the block, even when it raised"
-    refcache.remove_logprob_head(lean)
+    forward.remove_logprob_head(lean)
     assert type(lean.lm_head) is torch.nn.Linear and lean.lm_head.weight is weight
-    assert refcache.find_logprob_head(lean) is None
+    assert forward.find_logprob_head(lean) is None
 
 
 def test_head_works_inside_peft_and_for_the_adapter_reference(tok, batch):
     peft = pytest.importorskip("peft")
     base = tinylm.tiny_llama(tok, hidden=48, layers=2, seed=6).eval()
-    refcache.install_logprob_head(base)
+    forward.install_logprob_head(base)
     model = peft.get_peft_model(
         copy.deepcopy(base), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
     )
@@ -127,18 +132,18 @@ def test_head_works_inside_peft_and_for_the_adapter_reference(tok, batch):
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.2)  # a non-zero adapter, so disabling it matters
-    assert refcache.find_logprob_head(model) is not None
-    ref = refcache.reference_logps_from_adapter(model, batch)
+    assert forward.find_logprob_head(model) is not None
+    ref = reference.reference_logps_from_adapter(model, batch)
     with torch.no_grad():
-        torch.testing.assert_close(ref, refcache.batch_logps(base, batch), atol=1e-5, rtol=1e-6)
-        assert float((refcache.batch_logps(model, batch) - ref).abs().max()) > 1e-3
+        torch.testing.assert_close(ref, forward.batch_logps(base, batch), atol=1e-5, rtol=1e-6)
+        assert float((forward.batch_logps(model, batch) - ref).abs().max()) > 1e-3
 
 
 def test_head_refusals(tok, batch):
     model = tinylm.tiny_llama(tok, hidden=48, layers=2, seed=7)
     with pytest.raises(ValueError, match="^path: 'head' needs a LogprobHead installed"):
-        refcache.batch_logps(model, batch, path="head")
-    head = refcache.install_logprob_head(model)
+        forward.batch_logps(model, batch, path="head")
+    head = forward.install_logprob_head(model)
     with pytest.raises(ValueError, match=r"^labels: expected an int64 tensor of shape \[N, T\]"):
         with head.scoring(torch.zeros(3, dtype=torch.long)):
             pass
@@ -146,12 +151,12 @@ def test_head_refusals(tok, batch):
         with head.scoring(torch.zeros(2, 5, dtype=torch.long)):
             model(input_ids=torch.ones(2, 7, dtype=torch.long))
     with pytest.raises(ValueError, match="^head: a biased LM head is not supported"):
-        refcache.LogprobHead(torch.nn.Linear(4, 8, bias=True))
+        forward.LogprobHead(torch.nn.Linear(4, 8, bias=True))
     with pytest.raises(TypeError, match="^head: expected the model's nn.Linear LM head"):
-        refcache.LogprobHead(torch.nn.Embedding(4, 8))
+        forward.LogprobHead(torch.nn.Embedding(4, 8))
     # a model type whose forward is not known to be lm_head(hidden): left alone, logits path used
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128))
-    assert refcache.install_logprob_head(gpt2) is None
+    assert forward.install_logprob_head(gpt2) is None
     assert type(gpt2.lm_head) is torch.nn.Linear

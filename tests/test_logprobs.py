@@ -171,3 +171,12 @@ def test_auto_chunk_size_bounds():
 def test_bad_inputs(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, True])
+def test_chunk_size_must_be_a_positive_int(chunk_size):
+    logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    with pytest.raises((TypeError, ValueError), match=r"^chunk_size: expected an int >= 1"):
+        LP.sequence_logps(logits, labels, chunk_size=chunk_size)
+    with pytest.raises((TypeError, ValueError), match=r"^chunk_size: expected an int >= 1"):
+        LP.linear_token_logps(torch.randn(4, 3), torch.randn(11, 3), torch.randint(0, 11, (4,)), chunk_size)

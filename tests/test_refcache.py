@@ -1,11 +1,15 @@
-"""ncakit.refcache: batch log-probs == one-by-one log-probs (padding changes nothing), the
+"""ncakit.scale.forward and ncakit.scale.reference: batch log-probs == one-by-one log-probs (padding changes nothing), the
 precompute pass and its disk cache (a hit runs no forward pass), and precomputed == on-the-fly
-reference from the same peft model with a NON-ZERO LoRA adapter disabled. Tiny model, CPU."""
+reference from the same peft model with a NON-ZERO LoRA adapter disabled, and the three reference
+modes (precompute / adapter / model) as objects that agree. Tiny model, CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,8 +18,13 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
-from ncakit import data, refcache, tinylm  # noqa: E402
-from ncakit.data import KResponseCollator  # noqa: E402
+from ncakit.scale import (  # noqa: E402
+    data,  # noqa: E402
+    forward,
+    reference,
+    tinylm,
+)
+from ncakit.scale.data import KResponseCollator  # noqa: E402
 
 datasets.disable_progress_bars()
 
@@ -61,7 +70,7 @@ def test_batch_logps_equal_one_by_one(model, dataset, collate, path):
     rows = [dataset[i] for i in range(len(dataset))]
     batch = collate(rows)
     with torch.no_grad():
-        got = refcache.batch_logps(model, batch, path=path)
+        got = forward.batch_logps(model, batch, path=path)
     assert got.shape == (len(rows), 4) and got.dtype == torch.float32
     for b, r in enumerate(rows):
         for k in range(4):
@@ -74,9 +83,9 @@ def test_batch_logps_equal_one_by_one(model, dataset, collate, path):
 
 def test_padding_changes_nothing(model, dataset, collate):
     with torch.no_grad():
-        alone = refcache.batch_logps(model, collate([dataset[0]]))
-        padded = refcache.batch_logps(model, collate([dataset[0], dataset[8]]))  # row 8 is much longer
-        mult = refcache.batch_logps(model, KResponseCollator(0, k=4, pad_to_multiple_of=64)([dataset[0]]))
+        alone = forward.batch_logps(model, collate([dataset[0]]))
+        padded = forward.batch_logps(model, collate([dataset[0], dataset[8]]))  # row 8 is much longer
+        mult = forward.batch_logps(model, KResponseCollator(0, k=4, pad_to_multiple_of=64)([dataset[0]]))
     assert (
         collate([dataset[0], dataset[8]])["input_ids"].shape[1] > collate([dataset[0]])["input_ids"].shape[1]
     )
@@ -86,15 +95,15 @@ def test_padding_changes_nothing(model, dataset, collate):
 
 def test_batch_logps_average_and_grad(model, dataset, collate):
     batch = collate([dataset[i] for i in range(3)])
-    total = refcache.batch_logps(model, batch)
-    mean = refcache.batch_logps(model, batch, average=True)
+    total = forward.batch_logps(model, batch)
+    mean = forward.batch_logps(model, batch, average=True)
     lengths = batch["response_lengths"].clamp(min=1)
     torch.testing.assert_close(mean, total / lengths * batch["mask"], atol=1e-5, rtol=1e-5)
     assert total.requires_grad, "the policy path keeps the graph (the trainer backpropagates through it)"
     with pytest.raises(ValueError, match="^path"):
-        refcache.batch_logps(model, batch, path="fast")
+        forward.batch_logps(model, batch, path="fast")
     with pytest.raises(ValueError, match="^mask: missing"):
-        refcache.batch_logps(model, {k: v for k, v in batch.items() if k != "mask"})
+        forward.batch_logps(model, {k: v for k, v in batch.items() if k != "mask"})
 
 
 class ForwardCounter:
@@ -102,7 +111,7 @@ class ForwardCounter:
 
     def __init__(self, model):
         self.calls = 0
-        emb = refcache._causal_lm(model).get_input_embeddings()
+        emb = forward.causal_lm(model).get_input_embeddings()
         self.handle = emb.register_forward_hook(lambda *a: self._hit())
 
     def _hit(self):
@@ -115,7 +124,7 @@ class ForwardCounter:
 def test_precompute_then_cache_hit_runs_no_forward(model, dataset, collate, tok, tmp_path):
     counter = ForwardCounter(model)
     try:
-        first = refcache.precompute_reference_logps(
+        first = reference.precompute_reference_logps(
             model,
             dataset,
             collate,
@@ -128,7 +137,7 @@ def test_precompute_then_cache_hit_runs_no_forward(model, dataset, collate, tok,
         assert first.info["cache_hit"] is False and first.info["sequences"] == 4 * 10 - 2 - 1
         assert (tmp_path / f"ref_logps-{first.info['key'][:20]}" / "ref_logps.npy").is_file()
         counter.calls = 0
-        second = refcache.precompute_reference_logps(
+        second = reference.precompute_reference_logps(
             model,
             dataset,
             collate,
@@ -141,7 +150,7 @@ def test_precompute_then_cache_hit_runs_no_forward(model, dataset, collate, tok,
         assert second.info["cache_hit"] is True and second.info["key"] == first.info["key"]
         assert second.dataset["ref_logps"] == first.dataset["ref_logps"]
         # anything in the key changes -> a miss
-        third = refcache.precompute_reference_logps(
+        third = reference.precompute_reference_logps(
             model,
             dataset,
             collate,
@@ -158,7 +167,7 @@ def test_precompute_then_cache_hit_runs_no_forward(model, dataset, collate, tok,
     assert [len(v) for v in ref] == [len(r) for r in dataset["response_ids"]]
     batch = collate([dataset[i] for i in range(len(dataset))])
     with torch.no_grad():
-        direct = refcache.batch_logps(model, batch)
+        direct = forward.batch_logps(model, batch)
     for b, values in enumerate(ref):
         assert values == pytest.approx(direct[b, : len(values)].tolist(), abs=2e-5)
     # the collator now carries them: batch["ref_logps"] [B, K], 0 where masked
@@ -169,30 +178,30 @@ def test_precompute_then_cache_hit_runs_no_forward(model, dataset, collate, tok,
 
 def test_precompute_on_row_lists_and_without_cache(model, dataset, collate):
     rows = dataset.to_list()
-    out = refcache.precompute_reference_logps(model, rows, collate, batch_size=3)
+    out = reference.precompute_reference_logps(model, rows, collate, batch_size=3)
     assert isinstance(out.dataset, list) and out.info["cache_path"] is None
     assert out.info["sequences_per_s"] > 0 and out.info["tokens"] > out.info["sequences"]
-    other = refcache.precompute_reference_logps(model, dataset, collate, batch_size=5).dataset["ref_logps"]
+    other = reference.precompute_reference_logps(model, dataset, collate, batch_size=5).dataset["ref_logps"]
     flat = [x for r in out.dataset for x in r["ref_logps"]]
     assert flat == pytest.approx([x for v in other for x in v], abs=2e-5)
 
 
 def test_fingerprints(model, dataset, tok):
     rows = dataset.to_list()
-    assert refcache.data_fingerprint(dataset) == refcache.data_fingerprint(rows), "Dataset == its rows"
+    assert reference.data_fingerprint(dataset) == reference.data_fingerprint(rows), "Dataset == its rows"
     rows[2]["response_ids"][1][0] += 1
-    assert refcache.data_fingerprint(dataset) != refcache.data_fingerprint(rows)
-    assert refcache.data_fingerprint(dataset.select([1, 0])) != refcache.data_fingerprint(
+    assert reference.data_fingerprint(dataset) != reference.data_fingerprint(rows)
+    assert reference.data_fingerprint(dataset.select([1, 0])) != reference.data_fingerprint(
         dataset.select([0, 1])
     )
-    fp = refcache.model_fingerprint(model)
+    fp = reference.model_fingerprint(model)
     other = copy.deepcopy(model)
-    assert refcache.model_fingerprint(other) == fp
+    assert reference.model_fingerprint(other) == fp
     with torch.no_grad():
         other.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
-    assert refcache.model_fingerprint(other) != fp
+    assert reference.model_fingerprint(other) != fp
     plain = tinylm.train_tokenizer(["abc"] * 3, vocab_size=300)
-    assert refcache.tokenizer_fingerprint(tok) != refcache.tokenizer_fingerprint(plain)
+    assert reference.tokenizer_fingerprint(tok) != reference.tokenizer_fingerprint(plain)
 
 
 @pytest.fixture(scope="module")
@@ -214,24 +223,24 @@ def peft_model(model):
 
 
 def test_precomputed_equals_on_the_fly_from_disabled_adapter(model, peft_model, dataset, collate, tmp_path):
-    pre = refcache.precompute_reference_logps(model, dataset, collate, batch_size=4, cache_dir=tmp_path)
+    pre = reference.precompute_reference_logps(model, dataset, collate, batch_size=4, cache_dir=tmp_path)
     peft_model.train()  # as in a training loop: the function switches to eval and back
     for batch in data.make_dataloader(pre.dataset, collate, batch_size=3, shuffle=True, seed=5):
-        on_the_fly = refcache.reference_logps_from_adapter(peft_model, batch)
+        on_the_fly = reference.reference_logps_from_adapter(peft_model, batch)
         assert not on_the_fly.requires_grad
         torch.testing.assert_close(on_the_fly, batch["ref_logps"], atol=2e-5, rtol=0)
         with torch.no_grad():
-            adapted = refcache.batch_logps(peft_model, batch)
+            adapted = forward.batch_logps(peft_model, batch)
         gap = (adapted - batch["ref_logps"]).abs()[batch["mask"]]
         assert gap.min() > 1e-3, "the adapter is non-zero, so disabling it matters"
     assert peft_model.training, "train mode restored"
     # the peft model's base weights have the same fingerprint as the base model: a cache hit
-    again = refcache.precompute_reference_logps(
+    again = reference.precompute_reference_logps(
         peft_model, dataset, collate, batch_size=4, cache_dir=tmp_path
     )
     assert again.info["cache_hit"] is True
     # with the adapter enabled it is another reference (another key, other numbers)
-    enabled = refcache.precompute_reference_logps(
+    enabled = reference.precompute_reference_logps(
         peft_model, dataset, collate, batch_size=4, cache_dir=tmp_path, disable_adapter=False
     )
     assert enabled.info["cache_hit"] is False and enabled.info["key"] != pre.info["key"]
@@ -240,7 +249,7 @@ def test_precomputed_equals_on_the_fly_from_disabled_adapter(model, peft_model, 
 
 def test_adapter_reference_needs_a_peft_model(model, dataset, collate):
     with pytest.raises(TypeError, match="^model: expected a peft model"):
-        refcache.reference_logps_from_adapter(model, collate([dataset[0]]))
+        reference.reference_logps_from_adapter(model, collate([dataset[0]]))
 
 
 def test_reference_losses_at_policy_equal_reference(peft_model, dataset, collate):
@@ -257,8 +266,8 @@ def test_reference_losses_at_policy_equal_reference(peft_model, dataset, collate
     batch = collate([dataset[i] for i in range(4)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        policy = refcache.batch_logps(pm, batch)
-    ref = refcache.reference_logps_from_adapter(pm, batch)
+        policy = forward.batch_logps(pm, batch)
+    ref = reference.reference_logps_from_adapter(pm, batch)
     out = get_loss("nca")(policy, ref, batch["rewards"], beta=0.1, mask=batch["mask"])
     assert out.loss.mean().item() == pytest.approx(2 * math.log(2), abs=1e-5)
 
@@ -266,9 +275,72 @@ def test_reference_losses_at_policy_equal_reference(peft_model, dataset, collate
 def test_precompute_on_miss_raise(model, dataset, collate, tmp_path):
     """ZeRO-3 runs cannot run a forward before prepare: they read the cache or stop with a clear error."""
     with pytest.raises(FileNotFoundError, match="^cache_dir: no reference log-probs cached"):
-        refcache.precompute_reference_logps(model, dataset, collate, cache_dir=tmp_path, on_miss="raise")
-    filled = refcache.precompute_reference_logps(model, dataset, collate, cache_dir=tmp_path)
-    hit = refcache.precompute_reference_logps(model, dataset, collate, cache_dir=tmp_path, on_miss="raise")
+        reference.precompute_reference_logps(model, dataset, collate, cache_dir=tmp_path, on_miss="raise")
+    filled = reference.precompute_reference_logps(model, dataset, collate, cache_dir=tmp_path)
+    hit = reference.precompute_reference_logps(model, dataset, collate, cache_dir=tmp_path, on_miss="raise")
     assert hit.info["cache_hit"] and hit.dataset["ref_logps"] == filled.dataset["ref_logps"]
     with pytest.raises(ValueError, match="^on_miss: expected 'compute' or 'raise'"):
-        refcache.precompute_reference_logps(model, dataset, collate, cache_dir=tmp_path, on_miss="skip")
+        reference.precompute_reference_logps(model, dataset, collate, cache_dir=tmp_path, on_miss="skip")
+
+
+class _OneProcess:
+    """The few accelerator members the reference objects use, for one CPU process."""
+
+    num_processes, process_index, is_main_process = 1, 0, True
+    device = torch.device("cpu")
+    state = SimpleNamespace()
+
+    def __init__(self, distributed_type: str = "NO"):
+        self.distributed_type = SimpleNamespace(value=distributed_type)
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def wait_for_everyone(self):
+        pass
+
+    def unwrap_model(self, model):
+        return model
+
+
+def test_reference_modes_are_chosen_once_and_agree(model, peft_model, dataset, collate, tok, tmp_path):
+    """make_reference picks one object per mode; the three give the same [B, K] reference log-probs
+    (precomputed from the base, the peft model with its adapter disabled, a frozen copy of the base)."""
+    from ncakit.scale.config import TrainConfig
+
+    cfg = TrainConfig(model_name_or_path=str(tmp_path), output_dir=str(tmp_path / "run"), progress=False)
+    acc = _OneProcess()
+    modes = {
+        m: reference.make_reference(replace(cfg, reference=m), acc)
+        for m in ("precompute", "adapter", "model")
+    }
+    assert [type(r) for r in modes.values()] == [
+        reference.PrecomputedReference,
+        reference.AdapterReference,
+        reference.ModelReference,
+    ]
+    assert reference.hub_model_id(cfg) is None, "a local folder is identified by its weights"
+    assert reference.hub_model_id(replace(cfg, model_name_or_path="org/name")) == "org/name@main"
+
+    train_ds, eval_ds, info = modes["precompute"].prepare(
+        model, dataset, None, collate=collate, tokenizer=tok
+    )
+    assert eval_ds is None and info["train"]["shards"] == 1 and "ref_logps" in train_ds.column_names
+    assert modes["adapter"].prepare(peft_model, dataset, None, collate=collate, tokenizer=tok) == (
+        dataset,
+        None,
+        {},
+    )
+    modes["model"].prepare(model, dataset, None, collate=collate, tokenizer=tok)
+    assert modes["model"].model is not model and not any(
+        p.requires_grad for p in modes["model"].model.parameters()
+    )
+    batch = collate([train_ds[i] for i in range(4)])
+    pre = modes["precompute"].logps(model, batch)
+    torch.testing.assert_close(modes["adapter"].logps(peft_model, batch), pre, atol=2e-5, rtol=0)
+    torch.testing.assert_close(modes["model"].logps(None, batch), pre, atol=2e-5, rtol=0)
+
+    with pytest.raises(ValueError, match="^reference: 'precompute' but the batch has no ref_logps"):
+        modes["precompute"].logps(model, collate([dataset[0]]))
+    with pytest.raises(ValueError, match="^reference: 'model' .* single-device/DDP"):
+        reference.make_reference(replace(cfg, reference="model"), _OneProcess("FSDP"))

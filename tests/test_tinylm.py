@@ -1,4 +1,4 @@
-"""ncakit.tinylm: the offline tokenizer / tiny Llama / synthetic reward data, and their
+"""ncakit.scale.tinylm: the offline tokenizer / tiny Llama / synthetic reward data, and their
 save-reload round trips (tokenizer + model + dataset)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ datasets = pytest.importorskip("datasets")
 
 import torch  # noqa: E402
 
-from ncakit import data, tinylm  # noqa: E402
+from ncakit.scale import data, tinylm  # noqa: E402
 
 datasets.disable_progress_bars()
 

@@ -1,4 +1,4 @@
-"""The classroom entry point (toy/demo.py) and the toy figures (ncakit.plots).
+"""The classroom entry point (toy/demo.py) and the toy figures (ncakit.toy.figures, ncakit.toy.classroom).
 
 The CLI runs end to end on a tiny configuration into a temporary folder; argument errors exit
 with status 2 and a message that names the flag; every figure function draws from a short run.
@@ -19,11 +19,17 @@ import pytest
 
 matplotlib.use("Agg")
 
-from ncakit import bandit as B  # noqa: E402
-from ncakit import (
-    plots,  # noqa: E402
-    registry,  # noqa: E402
+from ncakit import registry  # noqa: E402
+from ncakit.toy.classroom import animate_policy  # noqa: E402
+from ncakit.toy.figures import (  # noqa: E402
+    loss_style,
+    plot_dynamics,
+    plot_ranks,
+    plot_sweep,
+    preset_figures,
+    save_figure,
 )
+from ncakit.toy.presets import PRESETS, run_preset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "toy" / "demo.py"
@@ -46,7 +52,7 @@ def _run(*args, timeout=120):
 
 @pytest.fixture(scope="module")
 def tiny_runs():
-    return B.run_preset("classic", (0, 1), steps=30)
+    return run_preset("classic", (0, 1), steps=30)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,7 +111,7 @@ def test_demo_cli_k4_with_animation_and_options(tmp_path):
 
 def test_demo_help_lists_presets_and_flags():
     text = _load_demo().build_parser().format_help()
-    for word in (*B.PRESETS, "--losses", "--policy", "--seeds", "--steps", "--out", "--animate", "--device"):
+    for word in (*PRESETS, "--losses", "--policy", "--seeds", "--steps", "--out", "--animate", "--device"):
         assert word in text
 
 
@@ -161,46 +167,53 @@ def test_loss_colours_are_fixed_distinct_and_stable():
     assert registry.loss_color("sigmoid") == registry.loss_color("dpo")  # TRL's alias
     # any other name: a stable colour from a colour-blind-safe palette, chosen by md5 (not hash(),
     # which changes between processes), so every process and figure agrees
-    import hashlib
-
     c = registry.loss_color("my_new_loss")
-    palette = registry._FALLBACK_COLORS
-    assert c == palette[int(hashlib.md5(b"my_new_loss").hexdigest(), 16) % len(palette)]
-    assert plots.loss_style("nca_pair")["linestyle"] == "--" and plots.loss_style("nca")["linestyle"] == "-"
+    assert c.startswith("#") and len(c) == 7
+    code = "from ncakit.registry import loss_color; print(loss_color('my_new_loss'))"
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
+        assert out.stdout.strip() == c
+    assert loss_style("nca_pair")["linestyle"] == "--" and loss_style("nca")["linestyle"] == "-"
     assert registry.loss_label("nca_pair") == "NCA (pairwise)" and registry.loss_label("xyz") == "xyz"
 
 
 def test_every_figure_draws(tiny_runs, tmp_path):
-    figs = plots.preset_figures(tiny_runs)
+    figs = preset_figures(tiny_runs)
     assert set(figs) == {"dynamics", "mass", "reward_kl", "ranks"}
     n_settings = len(tiny_runs)
     assert len(figs["dynamics"].axes) == 3 * n_settings
     assert len(figs["ranks"].axes) == 2 * n_settings  # infonca and nca rows
     for stem, fig in figs.items():
-        path = plots.save_figure(fig, tmp_path / f"{stem}.png")
+        path = save_figure(fig, tmp_path / f"{stem}.png")
         assert path.read_bytes().startswith(PNG)
 
 
 def test_sweep_figure_and_errors(tmp_path):
-    runs = B.run_preset("beta-sweep", (0, 1), steps=5, losses=["dpo", "nca"])
-    figs = plots.preset_figures(runs, "beta")
+    runs = run_preset("beta-sweep", (0, 1), steps=5, losses=["dpo", "nca"])
+    figs = preset_figures(runs, "beta")
     assert "sweep_beta" in figs and "ranks" in figs
-    plots.save_figure(figs["sweep_beta"], tmp_path / "sweep.png")
-    with pytest.raises(ValueError, match="param: expected 'alpha' or 'beta'"):
-        plots.plot_sweep(runs, "gamma")
+    save_figure(figs["sweep_beta"], tmp_path / "sweep.png")
+    with pytest.raises(
+        ValueError,
+        match=r"param: unknown 'gamma'; expected one of \['alpha', 'beta', 'k', 'tuples_per_prompt'\]",
+    ):
+        plot_sweep(runs, "gamma")
     with pytest.raises(ValueError, match="runs: expected a non-empty"):
-        plots.plot_dynamics({})
-    pairwise = B.run_preset("classic", (0,), steps=2, losses=["dpo"])
+        plot_dynamics({})
+    pairwise = run_preset("classic", (0,), steps=2, losses=["dpo"])
     with pytest.raises(ValueError, match="plot_ranks needs at least one K-way loss"):
-        plots.plot_ranks(pairwise)
-    assert "ranks" not in plots.preset_figures(pairwise)
+        plot_ranks(pairwise)
+    assert "ranks" not in preset_figures(pairwise)
 
 
 def test_animation_writes_a_gif(tiny_runs, tmp_path):
     h = tiny_runs["lowrank"]
-    path = plots.animate_policy(h, tmp_path / "a.gif", losses=("dpo", "nca"), max_frames=5)
+    path = animate_policy(h, tmp_path / "a.gif", losses=("dpo", "nca"), max_frames=5)
     assert path.read_bytes()[:6] in (b"GIF89a", b"GIF87a")
     with pytest.raises(ValueError, match="none of the requested losses"):
-        plots.animate_policy(h, tmp_path / "b.gif", losses=("ipo",))
+        animate_policy(h, tmp_path / "b.gif", losses=("ipo",))
     with pytest.raises(ValueError, match="seed_index"):
-        plots.animate_policy(h, tmp_path / "c.gif", seed_index=5)
+        animate_policy(h, tmp_path / "c.gif", seed_index=5)

@@ -1,4 +1,4 @@
-"""scale/train.py's loop (ncakit.train) on CPU with the offline tiny kit: the tiny-cpu recipe learns,
+"""scale/train.py's loop (ncakit.scale.train) on CPU with the offline tiny kit: the tiny-cpu recipe learns,
 TRL-named metrics are logged, resume / gradient accumulation / 2 processes reproduce the plain run,
 the LoRA adapter-disabled reference equals the precomputed one, NCA keeps the chosen reward above
 DPO's, and configuration errors surface before training.
@@ -27,8 +27,8 @@ datasets = pytest.importorskip("datasets")
 
 import torch  # noqa: E402
 
-from ncakit import train as trainmod  # noqa: E402
-from ncakit.tinylm import ensure_tiny_kit  # noqa: E402
+from ncakit.scale import train as trainmod  # noqa: E402
+from ncakit.scale.tinylm import ensure_tiny_kit  # noqa: E402
 
 datasets.disable_progress_bars()
 REPO = Path(__file__).resolve().parents[1]
@@ -231,7 +231,7 @@ def test_plot_dynamics_script_draws_the_run(recipe_run, tmp_path):
         sys.argv = argv
     assert out_png.is_file() and out_png.stat().st_size > 20_000
 
-    from ncakit.runlog import plot_run_dynamics, rank_keys, read_run
+    from ncakit.scale.runlog import plot_run_dynamics, rank_keys, read_run
 
     log = read_run(recipe_run.output_dir)
     assert log.k == 4 and log.loss == "nca"
@@ -364,8 +364,9 @@ def test_two_processes_match_one_process(small_kit, tmp_path, batch4_run, initia
 
 def test_lora_adapter_reference_equals_precomputed(small_kit, tmp_path):
     pytest.importorskip("peft")
-    from ncakit.data import KResponseCollator, load_k_dataset, tokenize_k_dataset
-    from ncakit.refcache import batch_logps, precompute_reference_logps, reference_logps_from_adapter
+    from ncakit.scale.data import KResponseCollator, load_k_dataset, tokenize_k_dataset
+    from ncakit.scale.forward import batch_logps
+    from ncakit.scale.reference import precompute_reference_logps, reference_logps_from_adapter
 
     lora = ("--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0",
             "--lora_target_modules", "q_proj,v_proj,up_proj", "--learning_rate", "1e-2",
@@ -543,3 +544,33 @@ def test_enable_checkpointing_turns_it_on_and_keeps_the_gradients():
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     # recomputing activations in the backward pass changes memory, not the gradient
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_tinylm_is_resolved_once_into_plain_local_paths(small_kit, tmp_path):
+    """``tinylm`` as model / dataset becomes the kit's local folders and files at set-up; other
+    configurations are returned as they are."""
+    from accelerate import Accelerator
+
+    cfg = trainmod.parse_config(small_args(small_kit, tmp_path / "r", "--eval_split", "test"))
+    resolved = trainmod.resolve_tiny_kit(cfg, Accelerator(cpu=True))
+    assert resolved.model_name_or_path == str(small_kit / "model")
+    assert resolved.tokenizer_name_or_path == str(small_kit / "tokenizer")
+    assert (resolved.dataset_name, resolved.eval_dataset_name, resolved.eval_split) == (
+        str(small_kit / "train.jsonl"),
+        str(small_kit / "test.jsonl"),
+        "test",
+    )
+    assert trainmod.resolve_tiny_kit(resolved, Accelerator(cpu=True)) is resolved
+
+
+def test_a_non_finite_loss_stops_the_run_at_the_step():
+    """The once-per-step check: the step's loss finiteness travels in the stop flag's reduce."""
+    from types import SimpleNamespace
+
+    from ncakit.scale.checkpoint import StopFlag, TrainState
+
+    acc = SimpleNamespace(reduce=lambda t, op: t)
+    run_ = SimpleNamespace(accelerator=acc, state=TrainState(global_step=7))
+    assert trainmod.should_stop(run_, StopFlag(), torch.tensor(False)) is False
+    with pytest.raises(ValueError, match="^loss: not finite at step 7"):
+        trainmod.should_stop(run_, StopFlag(), torch.tensor(True))

@@ -1,4 +1,4 @@
-"""ncakit.train_config: defaults < YAML recipe < command line; unknown keys and bad types fail with a
+"""ncakit.scale.config: defaults < YAML recipe < command line; unknown keys and bad types fail with a
 message naming the key, the expected type and the allowed values; every shipped recipe parses, and the
 authors' recipes carry the settings MATH.md lists; the accelerate configs load in accelerate."""
 
@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("yaml")
 
-from ncakit.train_config import TrainConfig, coerce_value, config_help, load_yaml_config, parse_config  # noqa: E402
+from ncakit.scale.config import TrainConfig, coerce_value, config_help, load_yaml_config, parse_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "scale" / "recipes").glob("*.yaml"))

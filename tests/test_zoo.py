@@ -13,13 +13,14 @@ import pytest
 import torch
 from _inputs import chosen_first
 
+import ncakit.variants as V
 import ncakit.zoo as Z
 from ncakit import losses as L
 from ncakit.registry import LOSS_SPECS, get_loss, loss_spec
 
 torch.set_num_threads(1)
 TOL = dict(rtol=0, atol=1e-10)
-DIVERGENCES = Z.F_DIVERGENCES
+DIVERGENCES = V.F_DIVERGENCES
 
 
 rand_inputs = functools.partial(_inputs.rand_inputs, scale=2.0)  # log-probs spread 2, not 3
@@ -157,11 +158,11 @@ CASES = _cases()
 def call(name, pol, ref, rew, beta, kw):
     """ncakit's call for an oracle case."""
     if name == "f_dpo":
-        return Z.f_dpo(
+        return V.f_dpo(
             pol, ref, rew, beta=beta, divergence=kw["divergence"], f_alpha_divergence_coef=kw.get("coef", 0.5)
         )
     if name in ("f_nca", "f_infonca"):
-        fn = Z.with_f_divergence(name[2:], kw["divergence"])
+        fn = V.with_f_divergence(name[2:], kw["divergence"])
         return fn(pol, ref, rew, beta=beta, alpha=kw["alpha"])
     if name == "sppo":
         return Z.sppo(pol, ref, rew, beta=beta, alpha=kw["alpha"])
@@ -208,15 +209,15 @@ def test_f_dpo_reverse_kl_is_dpo(seed):
     pol, ref, rew = rand_inputs(K=2, seed=seed)
     dpo = L.dpo(pol, ref, beta=0.3).loss
     # f'(u) = log u: f-DPO with reverse KL is DPO, by name, by default and via the α → 1 limit.
-    torch.testing.assert_close(Z.f_dpo(pol, ref, beta=0.3, divergence="reverse_kl").loss, dpo, **TOL)
+    torch.testing.assert_close(V.f_dpo(pol, ref, beta=0.3, divergence="reverse_kl").loss, dpo, **TOL)
     torch.testing.assert_close(get_loss("f_dpo")(pol, ref, beta=0.3).loss, dpo, **TOL)
     torch.testing.assert_close(
-        Z.f_dpo(pol, ref, beta=0.3, divergence="alpha_divergence", f_alpha_divergence_coef=1.0).loss,
+        V.f_dpo(pol, ref, beta=0.3, divergence="alpha_divergence", f_alpha_divergence_coef=1.0).loss,
         dpo,
         **TOL,
     )
     # Just off c = 1 the α-divergence score (e^{(c-1)s} - 1)/(c-1) = s + O((c-1) s^2) is still near DPO.
-    near = Z.f_dpo(pol, ref, beta=0.3, divergence="alpha_divergence", f_alpha_divergence_coef=1 + 1e-4).loss
+    near = V.f_dpo(pol, ref, beta=0.3, divergence="alpha_divergence", f_alpha_divergence_coef=1 + 1e-4).loss
     assert 0 < (near - dpo).abs().max() < 1e-3
 
 
@@ -229,7 +230,7 @@ def test_f_wrapper_reverse_kl_is_the_base_loss_with_mask(base):
     kw = {} if base == "plackett_luce" else {"alpha": 0.8}
     # NaN padding must not leak through the transform into values or gradients.
     pol_pad = torch.where(mask, pol.detach(), torch.full_like(pol, float("nan"))).requires_grad_(True)
-    got = Z.with_f_divergence(base)(pol_pad, ref, rew, beta=0.4, mask=mask, **kw)
+    got = V.with_f_divergence(base)(pol_pad, ref, rew, beta=0.4, mask=mask, **kw)
     want = get_loss(base)(pol, ref, rew, beta=0.4, mask=mask, **kw)
     torch.testing.assert_close(got.loss, want.loss, **TOL)
     torch.testing.assert_close(got.implicit_rewards, want.implicit_rewards, **TOL)
@@ -247,11 +248,11 @@ def test_f_divergence_anchors_at_reference(divergence, beta):
     ref = torch.randn(3, 4, dtype=torch.float64) - 10
     rew = torch.randn(3, 4, dtype=torch.float64)
     ln2 = math.log(2)
-    out = Z.f_dpo(ref[:, :2].clone(), ref[:, :2], beta=beta, divergence=divergence)
+    out = V.f_dpo(ref[:, :2].clone(), ref[:, :2], beta=beta, divergence=divergence)
     torch.testing.assert_close(out.loss, torch.full((3,), ln2, dtype=torch.float64), **TOL)
-    nca = Z.with_f_divergence("nca", divergence)(ref.clone(), ref, rew, beta=beta, alpha=0.5)
+    nca = V.with_f_divergence("nca", divergence)(ref.clone(), ref, rew, beta=beta, alpha=0.5)
     torch.testing.assert_close(nca.loss, torch.full((3,), 2 * ln2, dtype=torch.float64), **TOL)
-    info = Z.with_f_divergence("infonca", divergence)(ref.clone(), ref, rew, beta=beta, alpha=0.5)
+    info = V.with_f_divergence("infonca", divergence)(ref.clone(), ref, rew, beta=beta, alpha=0.5)
     torch.testing.assert_close(info.loss, torch.full((3,), math.log(4), dtype=torch.float64), **TOL)
 
 
@@ -264,7 +265,7 @@ def test_f_dpo_gradient_anchor(divergence, slope):
     beta = 0.4
     ref = torch.randn(3, 2, dtype=torch.float64)
     pol = ref.clone().requires_grad_(True)
-    Z.f_dpo(pol, ref, beta=beta, divergence=divergence).loss.sum().backward()
+    V.f_dpo(pol, ref, beta=beta, divergence=divergence).loss.sum().backward()
     torch.testing.assert_close(
         pol.grad[:, 0], torch.full((3,), -beta / 2 * slope, dtype=torch.float64), **TOL
     )
@@ -279,7 +280,7 @@ def test_alpha_divergence_coefficient_maps_to_the_paper():
     for c in (0.2, 0.5, 0.8):
         a = 1 - c
         paper = -torch.exp(-a * s) / a
-        ours = Z.f_divergence_scores(s, "alpha_divergence", c)
+        ours = V.f_divergence_scores(s, "alpha_divergence", c)
         torch.testing.assert_close(ours[:, 0] - ours[:, 1], paper[:, 0] - paper[:, 1], rtol=1e-12, atol=1e-12)
 
 
@@ -391,18 +392,18 @@ def test_asft_beta_one_is_absolute_likelihood_bce():
 
 def test_reward_transform_is_monotone_bounded_and_centred():
     r = torch.linspace(-30, 30, 61, dtype=torch.float64).reshape(1, -1)
-    u = Z.transform_rewards(r, 2.0)
+    u = V.transform_rewards(r, 2.0)
     # log sigma(r - r_ref): strictly increasing, <= 0, -log 2 at r = r_ref, and saturating above it.
     assert (u.diff(dim=1) > 0).all() and (u <= 0).all()
     torch.testing.assert_close(u[0, 32], torch.tensor(-math.log(2), dtype=torch.float64), **TOL)
     assert u[0, -1] > -1e-10 and u[0, -1] - u[0, -2] < 1e-10 < u[0, 1] - u[0, 0]
     # Per-prompt references ([B] tensor) and the quantile option: the median row reference is its middle reward.
     rew = torch.tensor([[1.0, 5.0, 3.0], [0.0, -2.0, 4.0]], dtype=torch.float64)
-    u_q = Z.transform_rewards(rew, reference_quantile=0.5)
-    u_t = Z.transform_rewards(rew, torch.tensor([3.0, 0.0], dtype=torch.float64))
+    u_q = V.transform_rewards(rew, reference_quantile=0.5)
+    u_t = V.transform_rewards(rew, torch.tensor([3.0, 0.0], dtype=torch.float64))
     torch.testing.assert_close(u_q, u_t, **TOL)
     # The paper's "AND" property: summing transformed rewards = log of the product of "good" probabilities.
-    a, b = Z.transform_rewards(rew, 1.0), Z.transform_rewards(2 * rew, 0.5)
+    a, b = V.transform_rewards(rew, 1.0), V.transform_rewards(2 * rew, 0.5)
     torch.testing.assert_close(
         a + b, torch.log(torch.sigmoid(rew - 1.0) * torch.sigmoid(2 * rew - 0.5)), **TOL
     )
@@ -411,12 +412,12 @@ def test_reward_transform_is_monotone_bounded_and_centred():
 @pytest.mark.parametrize("base", ["nca", "infonca"])
 def test_lsc_losses_are_the_base_loss_on_transformed_rewards(base):
     pol, ref, rew = rand_inputs(K=4, seed=2)
-    u = Z.transform_rewards(rew, reference_quantile=0.5)
+    u = V.transform_rewards(rew, reference_quantile=0.5)
     want = get_loss(base)(pol, ref, u, beta=0.3, alpha=0.5).loss
     torch.testing.assert_close(get_loss(f"{base}_lsc")(pol, ref, rew, beta=0.3, alpha=0.5).loss, want, **TOL)
     # An explicit reference reward per prompt replaces the quantile.
     r_ref = torch.tensor([0.1, -0.2, 0.3, 0.0, 0.5], dtype=torch.float64)
-    u2 = Z.transform_rewards(rew, r_ref)
+    u2 = V.transform_rewards(rew, r_ref)
     torch.testing.assert_close(
         get_loss(f"{base}_lsc")(pol, ref, rew, beta=0.3, alpha=0.5, reference_reward=r_ref).loss,
         get_loss(base)(pol, ref, u2, beta=0.3, alpha=0.5).loss,
@@ -441,7 +442,7 @@ def test_nca_lsc_anchor_and_optimum():
         return loss
 
     opt.step(closure)
-    w = torch.softmax(Z.transform_rewards(rew, reference_quantile=0.5) / 0.5, dim=-1)
+    w = torch.softmax(V.transform_rewards(rew, reference_quantile=0.5) / 0.5, dim=-1)
     torch.testing.assert_close(r_hat.detach(), torch.log(4 * w), rtol=0, atol=1e-6)
 
 
@@ -604,10 +605,10 @@ def test_f_divergences_match_trl(trl_loss_type, divergence, coef, seed):
     )
     policy, reference = L.pairwise_to_k(logps[:B], logps[B:]), L.pairwise_to_k(ref[:B], ref[B:])
     if trl_loss_type == "sigmoid":
-        out = Z.f_dpo(policy, reference, beta=beta, divergence=divergence, f_alpha_divergence_coef=coef)
+        out = V.f_dpo(policy, reference, beta=beta, divergence=divergence, f_alpha_divergence_coef=coef)
     else:  # TRL length-normalises the f-scores for IPO; ncakit's ipo does it with `lengths`
         kw = {"lengths": L.pairwise_to_k(lengths[:B], lengths[B:])} if trl_loss_type == "ipo" else {}
-        fn = Z.with_f_divergence(trl_loss_type, divergence, f_alpha_divergence_coef=coef)
+        fn = V.with_f_divergence(trl_loss_type, divergence, f_alpha_divergence_coef=coef)
         out = fn(policy, reference, beta=beta, **kw)
     torch.testing.assert_close(out.loss.mean(), trl_loss, rtol=1e-6, atol=1e-6)
 
@@ -631,14 +632,14 @@ BAD = [
     ("dpop lambda nan", lambda: Z.dpop(P2, R2, dpop_lambda=float("nan")), ValueError, r"dpop_lambda: expected a finite"),
     ("dpop lambda str", lambda: Z.dpop(P2, R2, dpop_lambda="5"), TypeError, r"dpop_lambda: expected a float"),
     ("dpop K=4", lambda: Z.dpop(P, R), ValueError, r"policy_logps: pairwise losses expect K = 2"),
-    ("unknown divergence", lambda: Z.f_dpo(P2, R2, divergence="hellinger"), ValueError, r"divergence: unknown f-divergence 'hellinger'; expected one of"),
-    ("divergence type", lambda: Z.f_dpo(P2, R2, divergence=None), TypeError, r"divergence: expected one of"),
-    ("alpha coef inf", lambda: Z.f_dpo(P2, R2, divergence="alpha_divergence", f_alpha_divergence_coef=float("inf")), ValueError, r"f_alpha_divergence_coef: expected a finite value"),
-    ("wrap unknown loss", lambda: Z.with_f_divergence("nope"), ValueError, r"name: unknown loss 'nope'"),
-    ("wrap reference-free", lambda: Z.with_f_divergence("cpl"), ValueError, r"loss: 'cpl' scores the policy's own log-probs"),
-    ("wrap unregistered fn", lambda: Z.with_f_divergence(lambda *a, **k: None), ValueError, r"loss: .* is not a registered loss function"),
-    ("wrap bad type", lambda: Z.with_f_divergence(3), TypeError, r"loss: expected a registered loss name or function"),
-    ("f_nca no rewards", lambda: Z.with_f_divergence("nca")(P, R), ValueError, r"rewards: this loss needs explicit rewards"),
+    ("unknown divergence", lambda: V.f_dpo(P2, R2, divergence="hellinger"), ValueError, r"divergence: unknown f-divergence 'hellinger'; expected one of"),
+    ("divergence type", lambda: V.f_dpo(P2, R2, divergence=None), TypeError, r"divergence: expected one of"),
+    ("alpha coef inf", lambda: V.f_dpo(P2, R2, divergence="alpha_divergence", f_alpha_divergence_coef=float("inf")), ValueError, r"f_alpha_divergence_coef: expected a finite value"),
+    ("wrap unknown loss", lambda: V.with_f_divergence("nope"), ValueError, r"name: unknown loss 'nope'"),
+    ("wrap reference-free", lambda: V.with_f_divergence("cpl"), ValueError, r"loss: 'cpl' scores the policy's own log-probs"),
+    ("wrap unregistered fn", lambda: V.with_f_divergence(lambda *a, **k: None), ValueError, r"loss: .* is not a registered loss function"),
+    ("wrap bad type", lambda: V.with_f_divergence(3), TypeError, r"loss: expected a registered loss name or function"),
+    ("f_nca no rewards", lambda: V.with_f_divergence("nca")(P, R), ValueError, r"rewards: this loss needs explicit rewards"),
     ("pro alpha 0", lambda: Z.pro(P, R, W, alpha=0.0), ValueError, r"alpha: expected a finite value > 0"),
     ("pro sft < 0", lambda: Z.pro(P, R, W, sft_weight=-0.1), ValueError, r"sft_weight: expected a finite value >= 0, got -0.1"),
     ("pro temperature str", lambda: Z.pro(P, R, W, temperature="yes"), TypeError, r"temperature: expected True or False"),
@@ -650,13 +651,13 @@ BAD = [
     ("cpl bias 0", lambda: Z.cpl(P2, R2, contrastive_bias=0.0), ValueError, r"contrastive_bias: expected a value in \(0, 1\]"),
     ("cpl bias > 1", lambda: Z.cpl(P2, R2, contrastive_bias=1.5), ValueError, r"contrastive_bias: expected a value in \(0, 1\]"),
     ("cpl bc < 0", lambda: Z.cpl(P2, R2, bc_weight=-0.5), ValueError, r"bc_weight: expected a finite value >= 0, got -0.5"),
-    ("transform both", lambda: Z.transform_rewards(W, 0.0, reference_quantile=0.5), ValueError, r"reference_reward / reference_quantile: pass exactly one"),
-    ("transform neither", lambda: Z.transform_rewards(W), ValueError, r"pass exactly one"),
-    ("quantile > 1", lambda: Z.transform_rewards(W, reference_quantile=1.5), ValueError, r"reference_quantile: expected a value in \[0, 1\], got 1.5"),
-    ("reference shape", lambda: Z.transform_rewards(W, torch.zeros(B_, 2)), ValueError, r"reference_reward: expected a float or a tensor of shape \[3\] or \[3, 1\]"),
-    ("reference nan", lambda: Z.transform_rewards(W, float("nan")), ValueError, r"reference_reward: expected a finite value"),
-    ("transform nan rewards", lambda: Z.transform_rewards(torch.full((2, 2), float("nan")), 0.0), ValueError, r"rewards: expected finite values"),
-    ("lsc pairwise base", lambda: Z.with_reward_transform("dpo"), ValueError, r"loss: 'dpo' does not use rewards"),
+    ("transform both", lambda: V.transform_rewards(W, 0.0, reference_quantile=0.5), ValueError, r"reference_reward / reference_quantile: pass exactly one"),
+    ("transform neither", lambda: V.transform_rewards(W), ValueError, r"pass exactly one"),
+    ("quantile > 1", lambda: V.transform_rewards(W, reference_quantile=1.5), ValueError, r"reference_quantile: expected a value in \[0, 1\], got 1.5"),
+    ("reference shape", lambda: V.transform_rewards(W, torch.zeros(B_, 2)), ValueError, r"reference_reward: expected a float or a tensor of shape \[3\] or \[3, 1\]"),
+    ("reference nan", lambda: V.transform_rewards(W, float("nan")), ValueError, r"reference_reward: expected a finite value"),
+    ("transform nan rewards", lambda: V.transform_rewards(torch.full((2, 2), float("nan")), 0.0), ValueError, r"rewards: expected finite values"),
+    ("lsc pairwise base", lambda: V.with_reward_transform("dpo"), ValueError, r"loss: 'dpo' does not use rewards"),
     ("win_rates 1-D", lambda: Z.win_rates(torch.zeros(4)), ValueError, r"rewards: expected shape \[B, K\]"),
     ("sppo nan logps", lambda: Z.sppo(torch.full((B_, K_), float("nan")), R, W.sigmoid()), ValueError, r"policy_logps: expected finite"),
 ]  # fmt: skip

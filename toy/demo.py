@@ -1,5 +1,5 @@
 """Classroom demo: on toy bandits, DPO and InfoNCA lower the likelihood of the chosen responses and
-NCA does not; and the controls that show why (see toy/README.md and MATH.md).
+NCA does not; and the controls that show why (see toy/README.md and ncakit/MATH.md).
 
     python toy/demo.py                                   # the classic preset, 8 seeds -> out/demo/
     python toy/demo.py --animate                         # plus GIFs of π_θ(·|x): DPO vs NCA
@@ -11,7 +11,7 @@ Writes PNG figures, ``summary.json`` (final metrics per loss x setting, mean/std
 the claims checked seed by seed) and, with ``--animate``, GIFs; prints a compact table. The ``zoo``
 preset writes one figure, ``zoo.png``, and the full table, ``zoo_table.md``.
 Run ``python toy/demo.py --help`` for every flag.
-Everything importable lives in ``ncakit`` (``ncakit.bandit``, ``ncakit.plots``); this file only
+Everything importable lives in ``ncakit.toy`` (presets, report, figures, classroom); this file only
 parses arguments, runs a preset and writes the outputs.
 """
 
@@ -35,8 +35,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from ncakit import bandit, plots  # noqa: E402
 from ncakit.registry import loss_names  # noqa: E402
+from ncakit.toy import classroom, figures, presets, report  # noqa: E402
+from ncakit.toy.policies import FAMILIES  # noqa: E402
 
 LOSSES = loss_names(aliases=True)
 
@@ -56,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="toy/demo.py",
         description="Toy bandits that show DPO/InfoNCA lowering the chosen likelihood and NCA not doing so.",
         epilog="Presets:\n"
-        + "\n".join(f"  {name:12s} {pr.description[:110]}..." for name, pr in bandit.PRESETS.items()),
+        + "\n".join(f"  {name:12s} {pr.description[:110]}..." for name, pr in presets.PRESETS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--preset", default="classic", choices=list(bandit.PRESETS), help="experiment (default: classic)"
+        "--preset", default="classic", choices=list(presets.PRESETS), help="experiment (default: classic)"
     )
     p.add_argument(
         "--losses",
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy",
         nargs="+",
         metavar="FAMILY",
-        help=f"family (or families) of the preset's shared setting(s): {', '.join(bandit.FAMILIES)}",
+        help=f"family (or families) of the preset's shared setting(s): {', '.join(FAMILIES)}",
     )
     p.add_argument(
         "--seeds", type=_positive_int, default=8, help="number of seeds, run as one batch (default: 8)"
@@ -111,10 +112,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if len(set(args.losses)) != len(args.losses):
             parser.error(f"--losses: each loss once, got {' '.join(args.losses)}")
     if args.policy:
-        unknown = [f for f in args.policy if f not in bandit.FAMILIES]
+        unknown = [f for f in args.policy if f not in FAMILIES]
         if unknown:
             parser.error(
-                f"--policy: unknown {', '.join(map(repr, unknown))}; expected any of {', '.join(bandit.FAMILIES)}"
+                f"--policy: unknown {', '.join(map(repr, unknown))}; expected any of {', '.join(FAMILIES)}"
             )
     if args.seed_offset < 0:
         parser.error(f"--seed-offset: expected an integer >= 0, got {args.seed_offset}")
@@ -132,12 +133,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    preset = bandit.get_preset(args.preset)
+    preset = presets.get_preset(args.preset)
     seeds = range(args.seed_offset, args.seed_offset + args.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    runs = bandit.run_preset(
+    runs = presets.run_preset(
         preset,
         seeds,
         losses=args.losses,
@@ -150,11 +151,11 @@ def main(argv=None) -> int:
     t_train = time.perf_counter() - t0
 
     written = []
-    for stem, fig in plots.preset_figures(runs, preset.sweep, preset.report).items():
-        written.append(plots.save_figure(fig, out / f"{stem}.png"))
+    for stem, fig in figures.preset_figures(runs, preset.sweep, preset.report).items():
+        written.append(figures.save_figure(fig, out / f"{stem}.png"))
     if preset.report == "zoo":
         table = out / "zoo_table.md"
-        table.write_text(bandit.format_zoo_table(runs))
+        table.write_text(report.format_zoo_table(runs))
         written.append(table)
     if args.animate is not None:
         h0 = next(iter(runs.values()))
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
             or list(runs)
         )
         for name in names:
-            written.append(plots.animate_policy(runs[name], out / f"animation_{name}.gif", losses=pair))
+            written.append(classroom.animate_policy(runs[name], out / f"animation_{name}.gif", losses=pair))
     t_figs = time.perf_counter() - t0 - t_train
 
     summary = {
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
         "losses": list(next(iter(runs.values())).losses),
         "loss_kwargs": next(iter(runs.values())).loss_kwargs,
         "device": str(args.device),
-        **bandit.summarize(runs),
+        **report.summarize(runs),
         "files": [p.name for p in written],
         "seconds": {"train": round(t_train, 2), "figures": round(t_figs, 2)},
     }
@@ -195,14 +196,14 @@ def main(argv=None) -> int:
         f"{summary['steps']} steps (training {t_train:.1f} s, figures {t_figs:.1f} s)\n"
     )
     print(f"final log-ratio log π/μ of the chosen response (nats), mean ± std over {n} seeds")
-    print(bandit.format_table(runs, "chosen"))
+    print(report.format_table(runs, "chosen"))
     if preset.report == "zoo":
         print(f"\n(every column of every loss, with what each measures: {out}/zoo_table.md)")
     else:
         print("\nfinal log-ratio of each prompt's best seen response (nats)")
-        print(bandit.format_table(runs, "best_logratio"))
+        print(report.format_table(runs, "best_logratio"))
         print("\nexpected true reward gain over μ")
-        print(bandit.format_table(runs, "reward_gain"))
+        print(report.format_table(runs, "reward_gain"))
     claims = summary["claims"]
     # The claims are the classic story's (DPO/InfoNCA vs NCA); the zoo's table is its own story.
     if claims["claims"] and preset.report == "standard":

@@ -43,7 +43,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import ncakit
-from ncakit import bandit, plots
+from ncakit.toy import bandit, classroom, figures, presets, report
 from ncakit.utils import notebook_style
 
 ncakit.seed_everything(0)  # seed once (each bandit seed also draws from its own generator)
@@ -51,7 +51,7 @@ torch.set_num_threads(1)  # the bandit's tensors are tiny: one thread is the fas
 notebook_style(font_size=14, figsize=None)  # readable fonts and a light grid
 
 SEEDS = range(8)  # every experiment runs on 8 independent bandits (data, μ and reward differ)
-classic = bandit.get_preset("classic")  # the three settings of this notebook (toy/demo.py's default)
+classic = presets.get_preset("classic")  # the three settings of this notebook (toy/demo.py's default)
 for s in classic.settings:
     print(f"{s.name:<16} {s.title:<32} β = {s.beta:g}, α = {s.alpha:g}, family = {s.policy.family}")
 
@@ -75,7 +75,7 @@ for s in classic.settings:
 
 # %%
 data = {s.role: bandit.make_bandit(s.bandit, seeds=SEEDS) for s in classic.settings[:2]}
-plots.plot_bandit(data["overlap"], seed_index=0, prompt=0)
+classroom.plot_bandit(data["overlap"], seed_index=0, prompt=0)
 plt.show()
 
 # %% [markdown]
@@ -109,9 +109,9 @@ for role, b in data.items():
 # > log-ratio end above or below 0? By how much can it rise at most?
 
 # %%
-runs = bandit.run_preset(classic, seeds=SEEDS)  # {setting name: History}, about 5 s
+runs = presets.run_preset(classic, seeds=SEEDS)  # {setting name: History}, about 5 s
 control, overlap, shared = (runs[s.name] for s in classic.settings)
-plots.plot_live(control, panels=("chosen", "rejected", "mass"), losses=("dpo", "nca_pair"))
+classroom.plot_live(control, panels=("chosen", "rejected", "mass"), losses=("dpo", "nca_pair"))
 plt.show()
 
 # %% [markdown]
@@ -130,9 +130,9 @@ plt.show()
 # > prompt's **best** response (the best one seen in its data)?
 
 # %%
-plots.plot_live(overlap, panels=("chosen", "best_logratio", "mass"), losses=("dpo", "nca_pair"))
+classroom.plot_live(overlap, panels=("chosen", "best_logratio", "mass"), losses=("dpo", "nca_pair"))
 plt.show()
-plots.plot_policy(overlap, losses=("dpo", "nca_pair"))
+classroom.plot_policy(overlap, losses=("dpo", "nca_pair"))
 plt.show()
 
 # %% [markdown]
@@ -161,7 +161,7 @@ plt.show()
 # > Which one lets all four responses of a tuple fall together?
 
 # %%
-plots.plot_ranks(runs)
+figures.plot_ranks(runs)
 plt.show()
 
 # %% [markdown]
@@ -190,9 +190,9 @@ plt.show()
 # > Where can the probability mass go that it could not go before?
 
 # %%
-plots.plot_dynamics(runs)
+figures.plot_dynamics(runs)
 plt.show()
-plots.plot_policy(shared, losses=("dpo", "infonca", "nca"))
+classroom.plot_policy(shared, losses=("dpo", "infonca", "nca"))
 plt.show()
 
 # %% [markdown]
@@ -208,7 +208,7 @@ plt.show()
 # ## 6. Where did the probability mass go?
 
 # %%
-plots.plot_mass(runs)
+figures.plot_mass(runs)
 plt.show()
 
 # %% [markdown]
@@ -240,7 +240,7 @@ for loss in ("dpo", "infonca", "nca"):
 # the target policy π\* ∝ μ·exp(r/(αβ)) that the implicit rewards aim at (notebook 3 turns α and β).
 
 # %%
-plots.plot_reward_kl(runs)
+figures.plot_reward_kl(runs)
 plt.show()
 
 # %% [markdown]
@@ -253,12 +253,12 @@ plt.show()
 #   because the mass they free lands on responses the data never scored. NCA moves less and keeps
 #   its gain. That is the practical case for NCA: shared parameters are what real models have.
 #
-# The toy's claims, checked seed by seed (`bandit.check_claims`, the same checks as
+# The toy's claims, checked seed by seed (`report.check_claims`, the same checks as
 # `tests/test_bandit.py`):
 
 # %% tags=["nbval-check-output"]
 # Checked: the claims of the classic preset, as counts of seeds where each one holds.
-claims = bandit.check_claims(runs)
+claims = report.check_claims(runs)
 for text, result in claims["claims"].items():
     print(f"{result['count']}/{claims['n_seeds']}  {text}")
 print(f"{claims['all']['count']}/{claims['n_seeds']}  seeds where every claim holds")
@@ -277,11 +277,11 @@ print(f"{claims['all']['count']}/{claims['n_seeds']}  seeds where every claim ho
 # %%
 @functools.lru_cache(maxsize=256)
 def small_run(alpha, beta, k, family, tuples_per_prompt):
-    return bandit.quick_run(alpha, beta, k, family, tuples_per_prompt)  # 3 seeds x 400 steps
+    return presets.quick_run(alpha, beta, k, family, tuples_per_prompt)  # 3 seeds x 400 steps
 
 
 def draw(alpha, beta, k, family, tuples_per_prompt):
-    plots.plot_live(
+    classroom.plot_live(
         small_run(alpha, beta, k, family, tuples_per_prompt), panels=("chosen", "best_logratio", "mass")
     )
     plt.show()
@@ -289,7 +289,7 @@ def draw(alpha, beta, k, family, tuples_per_prompt):
 
 DEFAULTS = {"alpha": 0.3, "beta": 0.1, "k": 4, "family": "lowrank", "tuples_per_prompt": 8}
 draw(**DEFAULTS)  # the static figure: the default slider values
-plots.live_controls(draw, **DEFAULTS)
+classroom.live_controls(draw, **DEFAULTS)
 
 # %% tags=["nbval-check-output"]
 # Checked: the small run already shows the effect (counts of its 3 seeds, default slider values).

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 import ncakit
-from ncakit import bandit, plots, registry
+from ncakit import registry
 from ncakit.losses import soft_labels
+from ncakit.toy import bandit, classroom, figures, presets, trainer
 from ncakit.utils import notebook_style
 
 gen = ncakit.seed_everything(0)  # seed once; `gen` feeds the random rewards of section 5
@@ -46,9 +47,9 @@ notebook_style(font_size=14, figsize=None)  # readable fonts and a light grid
 
 SEEDS = range(6)  # 6 independent bandits per experiment (data, μ and reward differ)
 STEPS = 1500  # full-batch Adam steps (toy/demo.py uses 2000; the knobs' effects are clear by 1500)
-classic = bandit.get_preset("classic")
+classic = presets.get_preset("classic")
 control, overlap, shared = classic.settings  # notebook 1's three settings (β = 0.1, α = 0.3)
-train_config = bandit.TrainConfig(losses=("infonca", "nca"), steps=STEPS, log_every=STEPS // 100)
+train_config = trainer.BanditTrainConfig(losses=("infonca", "nca"), steps=STEPS, log_every=STEPS // 100)
 
 # %% [markdown]
 # ## 1. The target policy π\*
@@ -154,12 +155,12 @@ for name, settings in knobs.items():  # unique names; the centre (α = 0.3, β =
         for s in settings
     ]
 unique = {s.name: s for settings in knobs.values() for s in settings}
-sweep = bandit.train(list(unique.values()), SEEDS, train_config)  # about 10 s
+sweep = trainer.train_bandits(list(unique.values()), SEEDS, train_config)  # about 10 s
 by_knob = {name: {s.name: sweep[s.name] for s in settings} for name, settings in knobs.items()}
 
-plots.plot_sweep(by_knob["alpha"], "alpha")
+figures.plot_sweep(by_knob["alpha"], "alpha")
 plt.show()
-plots.plot_frontier(by_knob["alpha"], "alpha")
+classroom.plot_frontier(by_knob["alpha"], "alpha")
 plt.show()
 
 # %% [markdown]
@@ -181,9 +182,9 @@ plt.show()
 # > the log-ratios become to reach the same implicit rewards? What happens to the fall?
 
 # %%
-plots.plot_sweep(by_knob["beta"], "beta")
+figures.plot_sweep(by_knob["beta"], "beta")
 plt.show()
-plots.plot_frontier(by_knob["beta"], "beta")
+classroom.plot_frontier(by_knob["beta"], "beta")
 plt.show()
 
 # %% [markdown]
@@ -213,7 +214,7 @@ for name, runs in by_knob.items():
 # > fall, and to NCA's chosen log-ratio, from K = 2 to K = 8?
 
 # %%
-plots.plot_sweep(by_knob["k"], "k")
+figures.plot_sweep(by_knob["k"], "k")
 plt.show()
 
 # %% tags=["nbval-check-output"]
@@ -250,7 +251,7 @@ for a in (0.3, 1.0, 3.0):
     )
 
 # %%
-k4 = bandit.get_preset("k4-rewards").settings  # β = 1, α = 1: tabular M = 1, tabular M = 8, lowrank
+k4 = presets.get_preset("k4-rewards").settings  # β = 1, α = 1: tabular M = 1, tabular M = 8, lowrank
 conditions = {
     "tabular, M = 1\nβ = 0.1, α = 0.3": control,
     "tabular, M = 8\nα = 30 (flat labels)": dataclasses.replace(overlap, alpha=30.0),
@@ -263,10 +264,10 @@ settings = [  # one-line titles (plot and printout); the bar chart below splits 
     dataclasses.replace(s, name=f"c{i}", title=label.replace("\n", ", "))
     for i, (label, s) in enumerate(conditions.items())
 ]
-agree_runs = bandit.train(settings, SEEDS, train_config)  # about 4 s
+agree_runs = trainer.train_bandits(settings, SEEDS, train_config)  # about 4 s
 # The same M = 1 setting with plain SGD: its gradient sums to zero over the tuple, like InfoNCA's.
 sgd_setting = dataclasses.replace(k4[0], name="sgd", title="tabular, M = 1, β = 1, α = 1 (SGD)", lr=1.0)
-sgd_run = bandit.train(sgd_setting, SEEDS, dataclasses.replace(train_config, optimizer="sgd"))["sgd"]
+sgd_run = trainer.train_bandits(sgd_setting, SEEDS, dataclasses.replace(train_config, optimizer="sgd"))["sgd"]
 agree_runs["sgd"] = sgd_run
 
 fig, ax = plt.subplots(figsize=(16, 5.6))
@@ -344,7 +345,7 @@ beta_one = {}  # the three β = 1, α = 1 conditions, with short column titles
 for key, short in (("c2", "tabular, M = 8"), ("c4", "tabular, M = 1 (Adam)"), ("c5", "lowrank, M = 8")):
     h = agree_runs[key]
     beta_one[key] = dataclasses.replace(h, setting=dataclasses.replace(h.setting, title=short))
-plots.plot_ranks(beta_one)
+figures.plot_ranks(beta_one)
 plt.show()
 
 # %% tags=["nbval-check-output"]
@@ -372,17 +373,17 @@ for key in ("c0", "c3", "c2", "c4", "c5"):
 # %%
 @functools.lru_cache(maxsize=256)
 def small_run(alpha, beta, k, family, tuples_per_prompt):
-    return bandit.quick_run(alpha, beta, k, family, tuples_per_prompt)  # 3 seeds x 400 steps
+    return presets.quick_run(alpha, beta, k, family, tuples_per_prompt)  # 3 seeds x 400 steps
 
 
 def draw(alpha, beta, k, family, tuples_per_prompt):
-    plots.plot_live(small_run(alpha, beta, k, family, tuples_per_prompt), panels=("chosen", "reward_kl"))
+    classroom.plot_live(small_run(alpha, beta, k, family, tuples_per_prompt), panels=("chosen", "reward_kl"))
     plt.show()
 
 
 DEFAULTS = {"alpha": 1.0, "beta": 1.0, "k": 4, "family": "tabular", "tuples_per_prompt": 8}
 draw(**DEFAULTS)  # the static figure: the default slider values
-plots.live_controls(draw, **DEFAULTS)
+classroom.live_controls(draw, **DEFAULTS)
 
 # %% [markdown]
 # ## Try this

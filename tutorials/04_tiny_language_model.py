@@ -48,12 +48,20 @@ from matplotlib.colors import to_rgb
 
 import ncakit
 from ncakit import get_loss
-from ncakit.data import KResponseCollator, make_dataloader, to_pairwise, tokenize_k_dataset
-from ncakit.generate import generate_k_dataset, sample_k_responses
 from ncakit.metrics import preference_metrics
-from ncakit.refcache import batch_logps, precompute_reference_logps
 from ncakit.registry import REFERENCE_COLOR, loss_color, loss_label  # one colour per loss, project-wide
-from ncakit.tinylm import corpus_texts, reward, sft_warmup, synthetic_corpus, tiny_llama, train_tokenizer
+from ncakit.scale.data import KResponseCollator, make_dataloader, to_pairwise, tokenize_k_dataset
+from ncakit.scale.forward import batch_logps
+from ncakit.scale.generate import generate_k_dataset, sample_k_responses
+from ncakit.scale.reference import precompute_reference_logps
+from ncakit.scale.tinylm import (
+    corpus_texts,
+    reward,
+    sft_warmup,
+    synthetic_corpus,
+    tiny_llama,
+    train_tokenizer,
+)
 from ncakit.utils import notebook_style, rounded  # plain floats for printing (checked cells compare text)
 
 SEED = 0
@@ -162,7 +170,7 @@ print(
 
 # %%
 def user_prompts(n, seed):
-    """``n`` task prompts as one-turn chats (the canonical chat format of ncakit.data)."""
+    """``n`` task prompts as one-turn chats (the canonical chat format of ncakit.scale.data)."""
     return [[{"role": "user", "content": row["prompt"]}] for row in synthetic_corpus(n, seed=seed)]
 
 
@@ -266,7 +274,7 @@ print(
 # %% [markdown]
 # ## 6. Align: one short loop, four losses
 #
-# The whole training step is the design card of the project:
+# The whole training step is the one call every track of ncakit makes (the toy bandits and the scale loop too):
 #
 # ```python
 # policy_logps = batch_logps(policy, batch)                                  # [B, K], with grad

@@ -20,7 +20,7 @@
 # 4-bit weights with LoRA adapters, mixed precision, gradient accumulation, a cached reference,
 # checkpoints that survive a pre-emption, logs. That loop is `scale/train.py`. In this notebook we
 # **run it from the notebook** on 2 CPU cores with the `tiny-cpu` recipe (NCA, K = 4), **read its
-# logs** (`metrics.jsonl`, `run.json`) and **plot its dynamics** with `ncakit.runlog`, the paper's
+# logs** (`metrics.jsonl`, `run.json`) and **plot its dynamics** with `ncakit.scale.runlog`, the paper's
 # Figure 2 again. Then we read the **Mistral-7B recipes**: what every key means, and which of them
 # are the authors' settings; and the **launch matrix**: the memory arithmetic that decides whether
 # a run needs 1 GPU with QLoRA or N GPUs with FSDP2, and the two lines that change between them.
@@ -46,8 +46,8 @@ import numpy as np
 
 import ncakit
 from ncakit.registry import REFERENCE_COLOR, loss_color  # one colour per loss, project-wide
-from ncakit.runlog import plot_run_dynamics, read_run
-from ncakit.train_config import TrainConfig, parse_config
+from ncakit.scale.config import TrainConfig, parse_config
+from ncakit.scale.runlog import plot_run_dynamics, read_run
 from ncakit.utils import notebook_style
 
 ncakit.seed_everything(0)  # nothing here draws random numbers; each training run seeds itself (seed: 42)
@@ -68,7 +68,7 @@ shutil.rmtree(OUT, ignore_errors=True)  # a fresh run every time: same work, sam
 # - an **accelerate config** (`scale/accelerate/*.yaml`) says **where** it runs: CPU or GPU, how
 #   many processes, mixed precision, FSDP2 or DeepSpeed ZeRO-3;
 # - a **recipe** (`scale/recipes/*.yaml`) says **what** it trains: model, data, loss, β, optimiser,
-#   evaluation. Its keys are the fields of one dataclass, `ncakit.train_config.TrainConfig`.
+#   evaluation. Its keys are the fields of one dataclass, `ncakit.scale.config.TrainConfig`.
 #
 # Here are the two files of the CPU run.
 
@@ -152,7 +152,7 @@ nca_dir = launch("--config", "scale/recipes/tiny-cpu.yaml", name="nca")
 #   final/            save_pretrained: the trained model (or LoRA adapter) and tokenizer
 # ```
 #
-# `ncakit.runlog.read_run` parses a run folder. The metric names are TRL's (`rewards/chosen`,
+# `ncakit.scale.runlog.read_run` parses a run folder. The metric names are TRL's (`rewards/chosen`,
 # `rewards/margins`, ...), so a TRL user reads these logs without a glossary; K > 2 runs add
 # `rewards/rank_1` … `rewards/rank_K`, the curves of Figure 2.
 
@@ -521,7 +521,7 @@ print("16 GPUs, FSDP2 full GA 2:", global_batch(full, 16, accumulation=2))
 #   **Where** it runs is the accelerate config; **what** it trains is the recipe; any key can be
 #   overridden with `--key value`, and bad keys fail before the model loads.
 # - Every run leaves `run.json`, `metrics.jsonl` (TRL metric names, `rewards/rank_k` for K > 2) and
-#   `summary.json`; `ncakit.runlog` / `scale/plot_dynamics.py` draw Figure 2 from them.
+#   `summary.json`; `ncakit.scale.runlog` / `scale/plot_dynamics.py` draw Figure 2 from them.
 # - The 7B QLoRA recipes are the authors' setup key by key; going from 1 GPU to N is a different
 #   launcher config and a smaller gradient accumulation, with the global batch kept.
 # - Memory is arithmetic: 16 bytes per parameter for full fine-tuning (116 GB for 7B: shard it),

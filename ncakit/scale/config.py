@@ -28,7 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["TrainConfig", "parse_config", "load_yaml_config", "config_help", "coerce_value"]
+__all__ = ["TrainConfig", "parse_config", "load_yaml_config", "config_help", "coerce_value", "torch_dtype"]
+
+
+def torch_dtype(name: str):
+    """The ``torch.dtype`` of a dtype key's value (``"float32"``, ``"bfloat16"``, ``"float16"``);
+    ``"auto"`` stays ``"auto"`` (transformers picks the checkpoint's dtype)."""
+    import torch  # lazy: parsing a config needs no torch
+
+    return (
+        "auto"
+        if name == "auto"
+        else {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    )
 
 
 def _f(default, help: str, **kw):
@@ -48,7 +60,7 @@ class TrainConfig:
     # ---- model ------------------------------------------------------------------------------
     model_name_or_path: str = _f(
         "tinylm",
-        "hub id or local folder of a causal LM; 'tinylm' builds the offline tiny kit (ncakit.tinylm) "
+        "hub id or local folder of a causal LM; 'tinylm' builds the offline tiny kit (ncakit.scale.tinylm) "
         "under tiny_kit_dir",
     )
     model_revision: str | None = _f(None, "hub revision (branch, tag or commit) of the model")
@@ -87,10 +99,10 @@ class TrainConfig:
     # ---- data ----------------------------------------------------------------------------------------
     dataset_name: str = _f(
         "tinylm",
-        "hub dataset or local .jsonl/.json/.parquet (ncakit.data schemas); 'tinylm' = the kit's synthetic K = 4 data",
+        "hub dataset or local .jsonl/.json/.parquet (ncakit.scale.data schemas); 'tinylm' = the kit's synthetic K = 4 data",
     )
     dataset_schema: str = _f(
-        "auto", "ncakit.data schema: auto, canonical, ultrafeedback, nca_reward, binarized, trl"
+        "auto", "ncakit.scale.data schema: auto, canonical, ultrafeedback, nca_reward, binarized, trl"
     )
     dataset_split: str = _f("train", "training split (e.g. train_prefs)")
     eval_dataset_name: str | None = _f(

@@ -2,7 +2,7 @@
 half of the loop (generate with the current policy -> train on the scored K-tuples -> repeat).
 
     python scale/generate.py --model out/scale-demo/final --prompts tinylm --k 4 \\
-        --reward ncakit.tinylm:reward --out out/onpolicy/train.jsonl
+        --reward ncakit.scale.tinylm:reward --out out/onpolicy/train.jsonl
     accelerate launch scale/generate.py --model HuggingFaceH4/mistral-7b-sft-beta \\
         --prompts HuggingFaceH4/ultrafeedback_binarized --split train_prefs --k 4 \\
         --reward OpenAssistant/reward-model-deberta-v3-large-v2 --out data/uf-onpolicy.jsonl
@@ -13,11 +13,11 @@ Pieces (each usable on its own):
   continue from the last real token), ``num_return_sequences=K``, the chat template when the
   tokenizer has one; returns K decoded strings per prompt (special tokens removed).
 - :func:`load_reward` -- a reward from a spec: a Python callable ``fn(prompt, response) -> float``,
-  a ``"module:function"`` string (``"ncakit.tinylm:reward"``, the offline default), or the path /
+  a ``"module:function"`` string (``"ncakit.scale.tinylm:reward"``, the offline default), or the path /
   hub id of a reward model (``AutoModelForSequenceClassification`` with one output; scored as
   the chat-rendered prompt + response, right-padded, in batches) -> :class:`RewardFn`.
-- :func:`generate_k_dataset` -- both, over a prompt list, then :func:`ncakit.data.save_k_dataset`
-  (JSONL / JSON / Parquet; the rows load back with ``ncakit.data.load_k_dataset``) and a
+- :func:`generate_k_dataset` -- both, over a prompt list, then :func:`ncakit.scale.data.save_k_dataset`
+  (JSONL / JSON / Parquet; the rows load back with ``ncakit.scale.data.load_k_dataset``) and a
   ``<out>.meta.json`` with the settings and counts (empty responses are kept, counted, and
   dropped later by the tokeniser, which counts them again).
 
@@ -145,7 +145,7 @@ def reward_model_fn(
     return RewardFn(f"reward_model:{path}", score)
 
 
-def load_reward(spec: str | Callable | RewardFn = "ncakit.tinylm:reward", **rm_kwargs) -> RewardFn:
+def load_reward(spec: str | Callable | RewardFn = "ncakit.scale.tinylm:reward", **rm_kwargs) -> RewardFn:
     """A :class:`RewardFn` from a callable ``fn(prompt, response) -> float``, a ``"module:function"``
     string, or a reward-model path / hub id (see :func:`reward_model_fn`)."""
     if isinstance(spec, RewardFn):
@@ -278,7 +278,7 @@ def generate_k_dataset(
     UltraFeedback data the authors used. Returns ``(rows, stats)``; ``stats`` counts prompts,
     responses, empty responses and distinct responses per prompt, with the reward range.
     """
-    from ncakit.data import save_k_dataset, sorted_best_first
+    from ncakit.scale.data import save_k_dataset, sorted_best_first
 
     reward_fn = load_reward(reward)
     prompts = list(prompts)
@@ -339,12 +339,12 @@ def load_prompts(
     .jsonl/.json/.parquet file or a hub dataset (``column``: text or a message list; for the
     binarized/chosen-only layouts, the messages before the last assistant turn)."""
     if source == "tinylm":
-        from ncakit.tinylm import synthetic_corpus
+        from ncakit.scale.tinylm import synthetic_corpus
 
         n = max_prompts or 64
         return [[{"role": "user", "content": r["prompt"]}] for r in synthetic_corpus(n, seed=seed + 5)]
 
-    from ncakit.data import load_source
+    from ncakit.scale.data import load_source
 
     ds = load_source(source, split)
     if max_prompts is not None:
@@ -373,7 +373,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_prompts", type=int, default=None)
     p.add_argument("--k", type=int, default=4, help="responses per prompt")
     p.add_argument(
-        "--reward", default="ncakit.tinylm:reward", help="'module:function' or a reward-model path / hub id"
+        "--reward",
+        default="ncakit.scale.tinylm:reward",
+        help="'module:function' or a reward-model path / hub id",
     )
     p.add_argument("--out", required=True, help="output .jsonl / .json / .parquet")
     p.add_argument("--max_new_tokens", type=int, default=256)
@@ -402,7 +404,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], dict] | None:
         args.dtype
     ]
     if args.model == "tinylm":
-        from ncakit.tinylm import ensure_tiny_kit
+        from ncakit.scale.tinylm import ensure_tiny_kit
 
         with state.main_process_first():
             kit = ensure_tiny_kit(args.tiny_kit_dir, sft_steps=300)
@@ -469,7 +471,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], dict] | None:
         )
     all_rows = gather_object(rows)
     if state.is_main_process:
-        from ncakit.data import save_k_dataset
+        from ncakit.scale.data import save_k_dataset
 
         save_k_dataset(all_rows, args.out)
         Path(str(args.out) + ".meta.json").write_text(

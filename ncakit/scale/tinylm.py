@@ -6,13 +6,13 @@ all four in seconds:
 
 - :func:`train_tokenizer` -- a byte-level BPE tokenizer trained with ``tokenizers`` on local
   texts, returned as a ``transformers`` fast tokenizer with BOS/EOS/PAD and a small chat template
-  (so it goes through exactly the code path a real chat model takes in :mod:`ncakit.data`);
+  (so it goes through exactly the code path a real chat model takes in :mod:`ncakit.scale.data`);
 - :func:`tiny_llama` -- a Llama-style ``LlamaForCausalLM`` from ``LlamaConfig`` (hidden 32-64,
   2 layers), seeded, fp32;
 - :func:`synthetic_corpus` / :func:`reward` -- string tasks ("reverse: dacb" -> "bcad") with a
   programmatic, GRADED reward (1 - normalised edit distance, in [0, 1]) so that K responses
   sampled from a lightly trained tiny LM get different rewards;
-- :func:`synthetic_k_dataset` -- canonical K-response rows (see :mod:`ncakit.data`) built
+- :func:`synthetic_k_dataset` -- canonical K-response rows (see :mod:`ncakit.scale.data`) built
   offline by corrupting the correct answer to varying degrees, so tests and recipes have reward
   data without sampling (sampling from a model is the scale track's job);
 - :func:`sft_warmup` -- a short supervised warm-up on the correct answers, so the tiny model is a
@@ -25,9 +25,9 @@ all four in seconds:
 
 Example::
 
-    from ncakit.tinylm import build_tiny_kit
+    from ncakit.scale.tinylm import build_tiny_kit
     kit = build_tiny_kit("out/tiny-kit", n_train=256, n_test=32, seed=0)
-    kit.tokenizer, kit.model, kit.train_path   # ready for ncakit.data.prepare_k_dataset(...)
+    kit.tokenizer, kit.model, kit.train_path   # ready for ncakit.scale.data.prepare_k_dataset(...)
 
 This module imports ``transformers`` and ``tokenizers`` (scale extras); ``import ncakit`` does not
 import it.
@@ -96,7 +96,7 @@ def train_tokenizer(
     Special tokens: ``<|pad|>`` (id 0), ``<|bos|>`` (1), ``<|eos|>`` (2) and the role markers
     ``<|system|>``, ``<|user|>``, ``<|assistant|>``. Byte-level, so any text encodes (no unknown
     token). ``chat_template=None`` gives a tokenizer without a template (the plain-concatenation
-    path of :func:`ncakit.data.tokenize_k_example`). Save with ``save_pretrained`` and reload
+    path of :func:`ncakit.scale.data.tokenize_k_example`). Save with ``save_pretrained`` and reload
     with ``AutoTokenizer.from_pretrained``; the template is kept.
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
@@ -372,8 +372,8 @@ def sft_warmup(
     Returns:
         The per-step training losses (nats per response token); the model is left in eval mode.
     """
-    from ncakit.data import KResponseCollator, tokenize_k_example
     from ncakit.logprobs import response_lengths, sequence_logps
+    from ncakit.scale.data import KResponseCollator, tokenize_k_example
 
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps/batch_size: expected positive ints, got {steps}/{batch_size}")
@@ -473,10 +473,10 @@ def build_tiny_kit(
 
     Reload with ``AutoTokenizer.from_pretrained(kit.tokenizer_path)``,
     ``AutoModelForCausalLM.from_pretrained(kit.model_path)`` and
-    ``ncakit.data.load_k_dataset(str(kit.train_path))``. The tokenizer is trained on its own
+    ``ncakit.scale.data.load_k_dataset(str(kit.train_path))``. The tokenizer is trained on its own
     corpus draw (2000 prompt/answer pairs); the rewards are :func:`reward` times ``reward_scale``.
     """
-    from ncakit.data import save_k_dataset
+    from ncakit.scale.data import save_k_dataset
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -511,7 +511,7 @@ def build_tiny_kit(
         "layers": layers,
         "seed": seed,
         "chat": chat,
-        "reward": "1 - edit_distance / max_len (ncakit.tinylm.reward)",
+        "reward": "1 - edit_distance / max_len (ncakit.scale.tinylm.reward)",
         "reward_scale": reward_scale,
         "params": int(sum(p.numel() for p in model.parameters())),
         "sft_steps": sft_steps,

@@ -1,26 +1,26 @@
-"""Reference log-probs log μ(y_k | x) for the losses' ``ref_logps`` argument: precomputed once and
-cached on disk, or computed on the fly from the same model with its LoRA adapter disabled.
+"""The reference μ of the losses' ``ref_logps`` argument: ``[B, K]`` reference log-probs per batch.
 
-Both paths (and the policy's own log-probs) go through :func:`batch_logps`, so they agree
-exactly on the same weights (a test checks it):
+A training run chooses its reference ONCE (:func:`make_reference`, from ``cfg.reference``) as one
+of three small objects with the same two methods, ``prepare`` (before ``accelerator.prepare``) and
+``logps(model, batch)`` (``[B, K]``, no gradient):
 
-- :func:`batch_logps` -- one forward over a collated batch (:class:`ncakit.data.KResponseCollator`)
-  -> ``[B, K]`` sequence log-probs (sum over response tokens, 0 at masked responses), via the
-  chunked paths of :mod:`ncakit.logprobs` (never a full ``[N, T, V]`` fp32 log-softmax).
-- :class:`LogprobHead` / :func:`install_logprob_head` -- the model's own LM head swapped for a
-  module that, while armed with the labels, returns per-token log-probs of the response positions
-  instead of logits. It runs INSIDE the model's forward, so DDP / FSDP2 / ZeRO-3 wrappers see an
-  ordinary forward (their hooks gather the head's weight as usual) and the ``[N, T, V]`` logits
-  never exist. :func:`batch_logps` takes this path whenever a head is installed.
-- :func:`reference_logps_from_adapter` -- the same under ``peft_model.disable_adapter()``,
-  ``torch.no_grad()`` and eval mode: the reference of a LoRA run without a second model in
-  memory (MATH.md, Facts about the authors' released setup: the reference is the same base with
-  the LoRA adapter disabled).
-- :func:`precompute_reference_logps` -- one pass over a tokenised dataset that adds a
-  ``ref_logps`` column (K floats per row), cached under ``cache_dir`` by a key hashing the token
-  ids, the model weights (or a given ``model_id`` such as ``"name@revision"``), the tokenizer
-  and the lengths; a second call with the same inputs loads the file and runs no forward pass.
-  The collator then returns ``batch["ref_logps"]`` ``[B, K]``.
+- :class:`PrecomputedReference` (``precompute``) -- one pass before training, sharded over the
+  processes and cached on disk (:func:`precompute_reference_logps`); the datasets gain a
+  ``ref_logps`` column and the collator returns ``batch["ref_logps"]``.
+- :class:`AdapterReference` (``adapter``) -- the same LoRA model with its adapter disabled, per
+  batch (:func:`reference_logps_from_adapter`; MATH.md, Facts about the authors' released setup:
+  the reference is the same base with the LoRA adapter disabled). No second model in memory.
+- :class:`ModelReference` (``model``) -- a frozen copy of the initial model, per batch (single
+  device / DDP).
+
+Every path goes through :func:`ncakit.scale.forward.batch_logps`, so the numbers agree exactly
+on the same weights (a test checks it).
+
+The disk cache: :func:`precompute_reference_logps` adds a ``ref_logps`` column (K floats per row),
+cached under ``cache_dir`` by a key (:func:`reference_cache_key`) hashing the token ids
+(:func:`data_fingerprint`), the model weights (:func:`model_fingerprint`, or a given ``model_id``
+such as ``"name@revision"``), the tokenizer (:func:`tokenizer_fingerprint`) and the lengths; a
+second call with the same inputs loads the file and runs no forward pass.
 
 Example::
 
@@ -37,6 +37,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -46,30 +47,26 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ncakit.logprobs import (
-    IGNORE_INDEX,
-    linear_token_logps,
-    response_lengths,
-    sequence_logps,
-    sequence_logps_from_hidden,
-)
+from ncakit.scale.forward import batch_logps, causal_lm, find_peft_model, model_device, unwrap_model
+
+if TYPE_CHECKING:
+    from ncakit.scale.config import TrainConfig
 
 __all__ = [
     "CACHE_FORMAT",
-    "LogprobHead",
-    "install_logprob_head",
-    "remove_logprob_head",
-    "find_logprob_head",
-    "batch_logps",
+    "Reference",
+    "PrecomputedReference",
+    "AdapterReference",
+    "ModelReference",
+    "make_reference",
     "reference_logps_from_adapter",
     "precompute_reference_logps",
     "ReferenceLogps",
@@ -83,306 +80,15 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the stored numbers would change for the same inputs
 
-# Causal LMs whose forward is exactly lm_head(decoder(...)) with a bias-free linear head, so the
-# hidden-state path (no [N, T, V] logits) gives the same numbers as the logits.
-_HIDDEN_PATH_MODEL_TYPES = {
-    "llama",
-    "mistral",
-    "mixtral",
-    "qwen2",
-    "qwen2_moe",
-    "qwen3",
-    "qwen3_moe",
-    "phi3",
-    "olmo",
-    "olmo2",
-    "gemma",
-}
-
 
 # ----------------------------------------------------------------------------------------------
-# Forward pass -> [B, K] sequence log-probs
+# The reference forward: no gradient, eval mode, adapter disabled
 # ----------------------------------------------------------------------------------------------
-
-
-def _unwrap(model):
-    """Strip DDP / accelerate / torch.compile wrappers (``.module`` / ``._orig_mod``)."""
-    seen = 0
-    while seen < 8:
-        seen += 1
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel) or (
-            type(model).__name__ in ("DistributedDataParallel", "DataParallel", "DeepSpeedEngine")
-            and hasattr(model, "module")
-        ):
-            model = model.module
-        else:
-            break
-    return model
-
-
-def _find_peft(model):
-    m = _unwrap(model)
-    return m if hasattr(m, "disable_adapter") and hasattr(m, "get_base_model") else None
-
-
-def _causal_lm(model):
-    """The underlying ``*ForCausalLM`` (through peft and wrappers)."""
-    m = _unwrap(model)
-    peft_model = _find_peft(m)
-    return peft_model.get_base_model() if peft_model is not None else m
-
-
-def _is_wrapped(model) -> bool:
-    if model is not _unwrap(model):
-        return True
-    try:
-        from torch.distributed.fsdp import FSDPModule  # torch >= 2.6 (FSDP2)
-
-        if isinstance(model, FSDPModule):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    return type(model).__name__ in ("FullyShardedDataParallel",)
-
-
-def _plain_linear_head(lm) -> bool:
-    """True when ``lm``'s logits are exactly ``lm_head(hidden)`` with a bias-free linear head (no
-    softcapping or scaling after the matmul), for a model type whose forward we know."""
-    cfg = getattr(lm, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in _HIDDEN_PATH_MODEL_TYPES:
-        return False
-    softcap = getattr(cfg, "final_logit_softcapping", None)
-    if softcap or getattr(cfg, "logit_scale", None) not in (None, 1):
-        return False  # the head's output is transformed after the matmul
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    return isinstance(head, torch.nn.Linear) and head.bias is None
-
-
-def _hidden_path_ok(model) -> bool:
-    if _is_wrapped(model):
-        return False  # DDP/FSDP need their own forward (gradient sync, unsharding)
-    lm = _causal_lm(model)
-    if not _plain_linear_head(lm) or type(lm.get_output_embeddings()) is not torch.nn.Linear:
-        return False
-    get_dec = getattr(lm, "get_decoder", None)
-    if get_dec is None:
-        return False
-    dec = get_dec()
-    return dec is not None and dec is not lm
-
-
-# ----------------------------------------------------------------------------------------------
-# The log-prob head: per-token log-probs from inside the model's own forward
-# ----------------------------------------------------------------------------------------------
-
-
-class LogprobHead(torch.nn.Linear):
-    """The LM head (``lm_head``), able to return per-token log-probs instead of logits.
-
-    It adopts the original head's ``weight`` Parameter (same object, same name ``lm_head.weight``,
-    so checkpoints, weight tying and optimizers are unchanged) and is an ``nn.Linear``, so code that
-    inspects the head still works. Unarmed, ``forward`` is the plain linear map (generation,
-    ``model(...).logits``). Armed with ``labels`` ``[N, T]`` through :meth:`scoring`, its forward
-    receives the last hidden states ``[N, T, H]`` from the model's own forward and returns
-    per-token log-probs ``[N, T-1]`` fp32 (position t scores ``labels[:, t+1]``; 0 where that label
-    is ``-100``), projecting only the response positions, a chunk at a time, through
-    :func:`ncakit.logprobs.linear_token_logps` -- the ``[N, T, V]`` logits never exist.
-
-    Why a module swap rather than calling the decoder and the head weight directly (the
-    ``"hidden"`` path of :func:`batch_logps`): under DDP the forward must be the wrapper's (gradient
-    hooks), under FSDP2 / ZeRO-3 the head's weight is sharded and only gathered by the hooks that
-    run when a module's forward is CALLED. Here the model's own forward calls ``self.lm_head(h)``,
-    so every wrapper does its usual work and the head sees the full weight.
-
-    The projection runs outside autocast in the weight's dtype (fp32 master weights under mixed
-    precision: the small head costs ~2% of a 7B forward), accumulating the logsumexp in fp32.
-    """
-
-    def __init__(self, head: torch.nn.Linear, chunk_size: int | None = None):
-        if not isinstance(head, torch.nn.Linear):
-            raise TypeError(f"head: expected the model's nn.Linear LM head, got {type(head).__name__}")
-        if head.bias is not None:
-            raise ValueError("head: a biased LM head is not supported (linear_token_logps has no bias)")
-        torch.nn.Module.__init__(self)  # adopt the existing Parameter instead of allocating a new one
-        self.in_features = head.in_features
-        self.out_features = head.out_features
-        self.weight = head.weight
-        self.register_parameter("bias", None)
-        self.chunk_size = chunk_size
-        self._labels: torch.Tensor | None = None
-        self._ignore_index = IGNORE_INDEX
-
-    @contextlib.contextmanager
-    def scoring(self, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX):
-        """Arm the head for one forward: inside the block, the model's output ``.logits`` holds
-        per-token log-probs ``[N, T-1]`` for ``labels`` ``[N, T]`` instead of logits."""
-        if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
-            got = list(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise ValueError(f"labels: expected an int64 tensor of shape [N, T], got {got}")
-        if self._labels is not None:
-            raise RuntimeError("LogprobHead.scoring: already armed (nested scoring blocks are not supported)")
-        self._labels, self._ignore_index = labels, ignore_index
-        try:
-            yield self
-        finally:
-            self._labels = None
-
-    @property
-    def armed(self) -> bool:
-        return self._labels is not None
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        labels = self._labels
-        if labels is None:
-            return F.linear(hidden, self.weight, self.bias)
-        if hidden.dim() != 3 or hidden.shape[:2] != labels.shape:
-            raise ValueError(
-                f"hidden: the armed LogprobHead expected hidden states [N, T, H] with [N, T] = "
-                f"{list(labels.shape)} (the labels' shape), got {list(hidden.shape)}; was the model "
-                "called with logits_to_keep or on different inputs?"
-            )
-        labels = labels.to(hidden.device)
-        targets = labels[:, 1:]
-        mask = targets != self._ignore_index
-        seq_idx, pos_idx = mask.nonzero(as_tuple=True)  # response positions only (one host sync)
-        weight = self.weight
-        h = hidden[:, :-1][seq_idx, pos_idx].to(weight.dtype)
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            tok = linear_token_logps(h, weight, targets[seq_idx, pos_idx], self.chunk_size)
-        out = torch.zeros(mask.shape, dtype=tok.dtype, device=tok.device)
-        # index_put (out of place) keeps the result connected to the graph even with no response token
-        return out.index_put((seq_idx, pos_idx), tok)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", returns per-token log-probs while armed"
-
-
-def find_logprob_head(model) -> LogprobHead | None:
-    """The installed :class:`LogprobHead` of ``model`` (through peft / DDP / DeepSpeed wrappers), or None."""
-    lm = _causal_lm(model)
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    return head if isinstance(head, LogprobHead) else None
-
-
-def install_logprob_head(model, chunk_size: int | None = None) -> LogprobHead | None:
-    """Swap ``model``'s LM head for a :class:`LogprobHead` (in place) and return it.
-
-    Call it on the plain ``*ForCausalLM`` (or peft model) BEFORE ``accelerator.prepare``. Returns
-    None, leaving the model untouched, for models whose logits are not a plain bias-free linear map
-    of the last hidden state (softcapping, logit scaling, unknown model types): :func:`batch_logps`
-    then uses the chunked logits path. Idempotent.
-    """
-    existing = find_logprob_head(model)
-    if existing is not None:
-        return existing
-    lm = _causal_lm(model)
-    if not _plain_linear_head(lm) or not hasattr(lm, "set_output_embeddings"):
-        logger.info(
-            "LogprobHead: %s has no plain linear head; using the chunked logits path", type(lm).__name__
-        )
-        return None
-    head = LogprobHead(lm.get_output_embeddings(), chunk_size=chunk_size)
-    lm.set_output_embeddings(head)
-    return head
-
-
-def remove_logprob_head(model) -> None:
-    """Put a plain ``nn.Linear`` holding the same weight back in place of an installed :class:`LogprobHead`."""
-    head = find_logprob_head(model)
-    if head is None:
-        return
-    lm = _causal_lm(model)
-    plain = torch.nn.Linear(head.in_features, head.out_features, bias=False, device="meta")
-    plain.weight = head.weight
-    lm.set_output_embeddings(plain)
-
-
-def _model_device(model) -> torch.device:
-    lm = _causal_lm(model)
-    emb = lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else None
-    if emb is not None and hasattr(emb, "weight"):
-        return emb.weight.device
-    return next(model.parameters()).device
-
-
-def batch_logps(
-    model,
-    batch: Mapping[str, torch.Tensor],
-    *,
-    average: bool = False,
-    path: str = "auto",
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """Sequence log-probs ``[B, K]`` of a collated batch under ``model`` (grad follows the caller):
-    log π(y_k | x_b) = the SUM of response-token log-probs, prompt and padding masked (MATH.md,
-    Notation).
-
-    Args:
-        model: a ``*ForCausalLM``, a peft model, or either wrapped by accelerate (DDP/FSDP).
-        batch: :class:`ncakit.data.KResponseCollator` output (``input_ids``, ``attention_mask``,
-            ``labels`` ``[B*K, T]``, ``mask`` ``[B, K]``); moved to the model's device.
-        average: mean instead of sum over response tokens (IPO-style losses).
-        path: ``"head"`` runs ``model(...)`` with its installed :class:`LogprobHead` armed
-            (works through DDP/FSDP/ZeRO-3 wrappers; no ``[N, T, V]`` logits); ``"hidden"`` runs the
-            decoder and projects only response positions through the LM head, chunked
-            (:func:`ncakit.logprobs.sequence_logps_from_hidden`; unwrapped models only);
-            ``"logits"`` runs ``model(...)`` and uses the chunked
-            :func:`ncakit.logprobs.sequence_logps`; ``"auto"`` takes ``"head"`` when a
-            :class:`LogprobHead` is installed, else ``"hidden"`` for unwrapped Llama/Mistral/Qwen-style
-            models with a plain linear head, else ``"logits"`` (always for DDP/FSDP-wrapped models
-            without the head, whose forward must be the wrapper's).
-
-    Returns:
-        ``[B, K]`` float32, 0 at masked (padding) responses.
-    """
-    if path not in ("auto", "head", "hidden", "logits"):
-        raise ValueError(f"path: expected 'auto', 'head', 'hidden' or 'logits', got {path!r}")
-    for key in ("input_ids", "attention_mask", "labels", "mask"):
-        if key not in batch:
-            raise ValueError(f"{key}: missing from batch (use ncakit.data.KResponseCollator)")
-    mask = batch["mask"]
-    B, K = mask.shape
-    if batch["input_ids"].shape[0] != B * K:
-        raise ValueError(
-            f"input_ids: expected {B * K} = B*K rows for mask of shape {list(mask.shape)}, got {batch['input_ids'].shape[0]}"
-        )
-    device = _model_device(model)
-    input_ids = batch["input_ids"].to(device)
-    attention_mask = batch["attention_mask"].to(device)
-    labels = batch["labels"].to(device)
-    head = find_logprob_head(model) if path in ("auto", "head") else None
-    if path == "head" and head is None:
-        raise ValueError("path: 'head' needs a LogprobHead installed (ncakit.refcache.install_logprob_head)")
-    if head is not None:
-        with head.scoring(labels):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        tok = out.logits if hasattr(out, "logits") else out[0]  # [N, T-1] per-token log-probs
-        # FSDP2 with a bf16 output_dtype casts module outputs to bf16: sum in fp32, never in bf16
-        # (a bf16 sequence log-prob near -300 would have a resolution of 2 nats)
-        seq = tok.float().sum(dim=-1)
-        if average:
-            seq = seq / response_lengths(labels).clamp(min=1).to(seq.dtype)
-    elif path == "hidden" or (path == "auto" and _hidden_path_ok(model)):
-        lm = _causal_lm(model)
-        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
-        weight = lm.get_output_embeddings().weight
-        seq = sequence_logps_from_hidden(
-            hidden.to(weight.dtype), weight, labels, average=average, chunk_size=chunk_size
-        )
-    else:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        logits = out.logits if hasattr(out, "logits") else out[0]
-        seq = sequence_logps(logits, labels, average=average, chunk_size=chunk_size)
-    seq = seq.float().view(B, K)
-    return seq * mask.to(seq.device)
 
 
 @contextlib.contextmanager
 def _reference_mode(model, *, disable_adapter: bool, eval_mode: bool):
-    peft_model = _find_peft(model) if disable_adapter else None
+    peft_model = find_peft_model(model) if disable_adapter else None
     was_training = model.training
     ctx = peft_model.disable_adapter() if peft_model is not None else contextlib.nullcontext()
     try:
@@ -409,10 +115,10 @@ def reference_logps_from_adapter(
     (the base weights alone = the reference μ), in eval mode unless ``eval_mode=False`` (the
     model's train/eval state is restored afterwards). ``model`` may be wrapped by accelerate.
     """
-    if _find_peft(model) is None:
+    if find_peft_model(model) is None:
         raise TypeError(
             f"model: expected a peft model with disable_adapter() (e.g. get_peft_model(base, LoraConfig(...))), "
-            f"got {type(_unwrap(model)).__name__}; without an adapter, precompute the reference instead"
+            f"got {type(unwrap_model(model)).__name__}; without an adapter, precompute the reference instead"
         )
     with _reference_mode(model, disable_adapter=True, eval_mode=eval_mode):
         return batch_logps(model, batch, average=average, path=path, chunk_size=chunk_size).detach()
@@ -470,7 +176,7 @@ def model_fingerprint(model, *, exclude_adapter: bool = True) -> str:
     the adapter disabled get the same value). Reads every weight once: seconds per GB; pass
     ``model_id`` to :func:`precompute_reference_logps` to skip it for hub models."""
     h = hashlib.sha256()
-    m = _unwrap(model)
+    m = unwrap_model(model)
     items = []
     for name, p in m.named_parameters():
         if exclude_adapter and ("lora_" in name or ".modules_to_save." in name):
@@ -526,7 +232,7 @@ class ReferenceLogps(NamedTuple):
 
 def _model_dtype(model) -> str:
     try:
-        return str(next(_causal_lm(model).parameters()).dtype)
+        return str(next(causal_lm(model).parameters()).dtype)
     except StopIteration:  # pragma: no cover
         return "unknown"
 
@@ -614,7 +320,7 @@ def precompute_reference_logps(
         model: the reference model (a peft model is run with its adapter disabled unless
             ``disable_adapter=False``). Run this BEFORE wrapping the model for distributed
             training (every process computes the same numbers, or load the cache on all).
-        dataset: tokenised rows (``ncakit.data.tokenize_k_dataset`` output, or a list of dicts
+        dataset: tokenised rows (``ncakit.scale.data.tokenize_k_dataset`` output, or a list of dicts
             with ``prompt_ids``, ``response_ids``, ``rewards``).
         collate_fn: the collator (``KResponseCollator``); rows are read in order, unshuffled.
         batch_size: prompts per forward pass (B·K sequences).
@@ -641,7 +347,7 @@ def precompute_reference_logps(
         raise ValueError(f"on_miss: expected 'compute' or 'raise', got {on_miss!r}")
     # With the adapter disabled (or none), the reference is the base weights alone; otherwise the
     # LoRA weights are part of the reference and of its identity.
-    uses_adapter = _find_peft(model) is not None and not disable_adapter
+    uses_adapter = find_peft_model(model) is not None and not disable_adapter
     if model_id is not None:
         model_key = f"{model_id}+adapter" if uses_adapter else str(model_id)
     else:
@@ -675,7 +381,7 @@ def precompute_reference_logps(
     loader = DataLoader(_rows_of(dataset), batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
     values: list[list[float]] = []
     n_seq = n_tok = 0
-    device = _model_device(model)
+    device = model_device(model)
     iterator = loader
     if progress:
         try:
@@ -729,3 +435,154 @@ def precompute_reference_logps(
     info = {**run, "cache_hit": False, "cache_path": str(cache_path) if cache_path else None, "key": key}
     info["components"] = components
     return ReferenceLogps(_attach(dataset, values), info)
+
+
+# ----------------------------------------------------------------------------------------------
+# A run's reference: one object per mode, chosen once
+# ----------------------------------------------------------------------------------------------
+
+
+class Reference:
+    """The reference of a training run. ``prepare`` runs once, before ``accelerator.prepare``, and
+    returns the (possibly extended) train / eval datasets and an info dict for ``run.json``;
+    ``logps(model, batch)`` gives the batch's ``[B, K]`` reference log-probs, detached."""
+
+    mode: str = ""
+
+    def prepare(self, model, train_ds, eval_ds, *, collate, tokenizer) -> tuple[Any, Any, dict]:
+        return train_ds, eval_ds, {}
+
+    def logps(self, model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PrecomputedReference(Reference):
+    """``reference: precompute``: a ``ref_logps`` column computed before training, cached on disk.
+
+    Process r computes shard r (a cache miss runs the forward), then every process reads every
+    shard from the cache, so the cache folder (``ref_cache_dir``) must be visible to all. Under
+    ZeRO-3 the weights are partitioned before any forward could run here: the cache must have been
+    filled by a ``--precompute_reference_only true`` run first (a miss raises)."""
+
+    mode = "precompute"
+
+    def __init__(self, cfg: TrainConfig, accelerator):
+        self.cfg, self.accelerator = cfg, accelerator
+
+    def prepare(self, model, train_ds, eval_ds, *, collate, tokenizer):
+        model_id = hub_model_id(self.cfg) or model_fingerprint(model)  # hashed once for both splits
+        info = {}
+        train_ds, info["train"] = self._precompute(model, train_ds, collate, tokenizer, model_id)
+        if eval_ds is not None:
+            eval_ds, info["eval"] = self._precompute(model, eval_ds, collate, tokenizer, model_id)
+        return train_ds, eval_ds, info
+
+    def logps(self, model, batch):
+        if "ref_logps" not in batch:
+            raise ValueError("reference: 'precompute' but the batch has no ref_logps (was prepare() run?)")
+        return batch["ref_logps"]
+
+    def _precompute(self, model, ds, collate, tokenizer, model_id: str):
+        cfg, accelerator = self.cfg, self.accelerator
+        n = accelerator.num_processes
+        shards = [ds.shard(num_shards=n, index=i, contiguous=True) for i in range(n)] if n > 1 else [ds]
+        zero3 = is_zero3(accelerator)
+        kwargs = dict(
+            batch_size=cfg.ref_batch_size or cfg.per_device_eval_batch_size,
+            cache_dir=cfg.ref_cache_dir or str(Path(cfg.output_dir) / "ref_cache"),
+            model_id=model_id,
+            tokenizer=tokenizer,
+            # the base's identity beyond its name: the same hub id loaded in 4 bit is another reference
+            key_extra={
+                "max_length": cfg.max_length,
+                "max_prompt_length": cfg.max_prompt_length,
+                "torch_dtype": cfg.torch_dtype,
+                "load_in_4bit": cfg.load_in_4bit,
+                "bnb": [cfg.bnb_4bit_quant_type, cfg.bnb_4bit_use_double_quant, cfg.bnb_4bit_compute_dtype]
+                if cfg.load_in_4bit
+                else None,
+            },
+            average=cfg.average_logps,
+            model_dtype=cfg.torch_dtype,  # the loading dtype: DeepSpeed may recast the weights in a later run
+            on_miss="raise" if zero3 else "compute",
+        )
+        if not cfg.load_in_4bit and not zero3 and next(model.parameters()).device != accelerator.device:
+            model.to(accelerator.device)  # prepare() would move it there anyway
+        mine = accelerator.process_index if n > 1 else 0
+        show = cfg.progress and accelerator.is_main_process
+        # the same autocast as the training forward (bf16 on GPU configs): policy == reference at
+        # step 0 up to kernel noise, not up to a precision change
+        with accelerator.autocast():
+            own = precompute_reference_logps(model, shards[mine], collate, progress=show, **kwargs)
+        accelerator.wait_for_everyone()
+        outs = [
+            own if i == mine else precompute_reference_logps(model, s, collate, **kwargs)
+            for i, s in enumerate(shards)
+        ]
+        import datasets
+
+        full = datasets.concatenate_datasets([o.dataset for o in outs]) if n > 1 else own.dataset
+        info = {k: outs[0].info[k] for k in ("cache_path", "key") if k in outs[0].info}
+        info["shards"] = len(outs)
+        info["seconds"] = sum(float(o.info.get("seconds", 0.0)) for o in outs)
+        return full, info
+
+
+class AdapterReference(Reference):
+    """``reference: adapter``: the policy itself with its LoRA adapter disabled, per batch."""
+
+    mode = "adapter"
+
+    def __init__(self, average: bool = False):
+        self.average = average
+
+    def logps(self, model, batch):
+        return reference_logps_from_adapter(model, batch, average=self.average)
+
+
+class ModelReference(Reference):
+    """``reference: model``: a frozen copy of the initial model on the accelerator's device, per
+    batch. Single device / DDP only: under FSDP / DeepSpeed the copy would not be sharded."""
+
+    mode = "model"
+
+    def __init__(self, accelerator, average: bool = False):
+        if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            raise ValueError(
+                "reference: 'model' (a frozen copy) is for single-device/DDP runs; use 'precompute'"
+            )
+        self.accelerator, self.average, self.model = accelerator, average, None
+
+    def prepare(self, model, train_ds, eval_ds, *, collate, tokenizer):
+        self.model = copy.deepcopy(self.accelerator.unwrap_model(model)).requires_grad_(False).eval()
+        self.model.to(self.accelerator.device)
+        return train_ds, eval_ds, {}
+
+    @torch.no_grad()
+    def logps(self, model, batch):
+        return batch_logps(self.model, batch, average=self.average)
+
+
+def make_reference(cfg: TrainConfig, accelerator) -> Reference:
+    """The :class:`Reference` for ``cfg.reference`` (fails now for a mode the launch cannot run)."""
+    if cfg.reference == "precompute":
+        return PrecomputedReference(cfg, accelerator)
+    if cfg.reference == "adapter":
+        return AdapterReference(cfg.average_logps)
+    if cfg.reference == "model":
+        return ModelReference(accelerator, cfg.average_logps)
+    raise ValueError(f"reference: expected 'precompute', 'adapter' or 'model', got {cfg.reference!r}")
+
+
+def is_zero3(accelerator) -> bool:
+    """True under DeepSpeed ZeRO stage 3 (partitioned weights: no plain forward before ``prepare``)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and getattr(plugin, "zero_stage", None) == 3
+
+
+def hub_model_id(cfg: TrainConfig) -> str | None:
+    """A cheap cache identity for hub models (``name@revision``); None for local folders, whose
+    weights are hashed instead (:func:`model_fingerprint`)."""
+    if Path(cfg.model_name_or_path).exists():
+        return None
+    return f"{cfg.model_name_or_path}@{cfg.model_revision or 'main'}"

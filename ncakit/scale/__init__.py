@@ -1,0 +1,21 @@
+"""The scale track: preference alignment of real causal LMs with any ncakit loss, on one accelerate
+loop that runs from a 2-core CPU smoke run (the offline tiny kit) to 7B models on GPUs (QLoRA,
+FSDP2, ZeRO-3). ``scale/train.py`` and ``scale/generate.py`` are its entry points.
+
+=================  ==========================================================================
+``config``         :class:`TrainConfig`: defaults < YAML recipe < ``--key value`` flags, checked
+``data``           K-response datasets: schemas, loading, tokenisation, collation, batching
+``forward``        the policy's ``[B, K]`` log-probs: ``LogprobHead``, :func:`batch_logps`
+``reference``      the reference: precomputed + disk cache, adapter disabled, or a frozen copy
+``train``          the training loop (set-up, one step, evaluation) behind ``scale/train.py``
+``tracking``       TRL-named metrics over a logging window, ``metrics.jsonl``
+``checkpoint``     save / resume / final model, stopping on SIGTERM or SIGINT
+``generate``       sample K responses per prompt, score them, write a K-response dataset
+``runlog``         read a run folder; the paper's Figure 2 (implicit rewards over training)
+``tinylm``         the offline tiny-LM kit: BPE tokenizer, tiny Llama, synthetic graded tasks
+=================  ==========================================================================
+
+The modules import transformers / datasets / accelerate / peft (the ``scale`` extra); importing
+this package alone imports none of them, and no scale module loads matplotlib until a plot is
+drawn.
+"""

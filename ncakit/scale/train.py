@@ -1,0 +1,683 @@
+"""The scale track's training loop: one accelerate loop from a 2-core CPU smoke run to 7B on GPUs.
+
+Run it through ``scale/train.py`` (a thin entry point)::
+
+    accelerate launch --config_file scale/accelerate/cpu.yaml scale/train.py \\
+        --config scale/recipes/tiny-cpu.yaml --output_dir out/scale-demo
+
+The shape is accelerate's ``examples/nlp_example.py``: :func:`set_up` builds the model, data,
+reference, optimizer and scheduler and ``accelerator.prepare`` s them; :func:`train` loops over
+batches, each micro-batch one :func:`train_step` under ``accelerator.accumulate``, and after each
+optimizer step logs (:func:`log_train_metrics`), evaluates (:func:`evaluate`) and saves
+(:func:`ncakit.scale.checkpoint.save_checkpoint`). What is ncakit's own is :func:`compute_loss`::
+
+    policy_logps = batch_logps(model, batch)                                    # [B, K]
+    out = get_loss(cfg.loss)(policy_logps, ref_logps, rewards, mask=mask, **{"beta": cfg.beta, **cfg.loss_kwargs})
+    accelerator.backward(out.loss.mean())
+
+the same call the toy bandits and the tutorials make (MATH.md, the losses by name).
+
+- Model and data: ``model_name_or_path`` / ``dataset_name`` ``tinylm`` are resolved once, in
+  :func:`resolve_tiny_kit`, into the offline kit's local folders and files
+  (:mod:`ncakit.scale.tinylm`); from there on every run loads a local or hub model and dataset the
+  same way. Batches (:class:`ncakit.scale.data.KResponseCollator`): B prompts with their K responses,
+  one forward over the B·K sequences; ``[B, K]`` rewards and mask.
+- Log-probs (:mod:`ncakit.scale.forward`): the model's LM head is swapped for a ``LogprobHead``
+  before ``prepare``, so the forward runs through the DDP / FSDP2 / ZeRO-3 wrapper as usual and
+  returns per-token log-probs of the response positions instead of ``[N, T, V]`` logits.
+- Reference (:mod:`ncakit.scale.reference`): chosen once from ``cfg.reference`` -- precomputed and
+  cached, the adapter-disabled policy, or a frozen copy -- and asked for ``[B, K]`` per batch.
+- Metrics (:mod:`ncakit.scale.tracking`): TRL names over every prompt of the logging window,
+  gathered across processes, to ``<output_dir>/metrics.jsonl`` (and tensorboard / wandb if asked).
+- Checkpoints (:mod:`ncakit.scale.checkpoint`): every ``save_steps`` and on SIGTERM/SIGINT;
+  ``--resume_from`` restores them. The final model (or adapter) goes to ``<output_dir>/final``.
+
+Host syncs per optimizer step (CPU waits for the device): the first micro-batch of each step calls
+the loss with ``validate=True`` (up to five ``bool`` reads, :func:`ncakit.validation.check_loss_inputs`),
+the others with ``validate=False``; each forward through the ``LogprobHead`` (the policy's, and the
+reference's in the ``adapter`` / ``model`` modes) reads its response positions once (``nonzero``);
+after the step, one reduce of the stop flag and the step's loss finiteness, read together. Logging
+steps add the token count and the metrics, evaluation its own.
+
+Bad configurations fail before any model is loaded where possible (see :mod:`ncakit.scale.config`);
+a pairwise loss on K > 2 data fails right after the data is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ncakit.losses import LossOutput
+from ncakit.registry import get_loss, loss_spec
+from ncakit.scale.checkpoint import (
+    StopFlag,
+    TrainState,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    save_final,
+)
+from ncakit.scale.config import TrainConfig, parse_config, torch_dtype
+from ncakit.scale.data import (
+    KResponseCollator,
+    load_k_dataset,
+    make_dataloader,
+    to_pairwise,
+    tokenize_k_dataset,
+)
+from ncakit.scale.forward import batch_logps, install_logprob_head
+from ncakit.scale.reference import Reference, make_reference
+from ncakit.scale.tracking import (
+    METRICS_FILE,
+    JsonlTracker,
+    MetricsWindow,
+    gather_rows,
+    jsonable,
+    versions,
+    window_metrics,
+)
+from ncakit.utils import seed_everything
+
+__all__ = [
+    "main",
+    "train",
+    "set_up",
+    "prepare_training",
+    "resolve_tiny_kit",
+    "train_step",
+    "evaluate",
+    "compute_loss",
+    "TrainResult",
+    "Run",
+]
+
+logger = logging.getLogger("ncakit.scale.train")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every process)."""
+
+    output_dir: Path
+    state: TrainState
+    history: list[dict] = field(default_factory=list)  # every logged record, train and eval
+    summary: dict = field(default_factory=dict)
+    interrupted: bool = False
+    model: Any = None  # the unwrapped model (in-process use: tests, notebooks)
+
+
+@dataclass
+class Run:
+    """Everything :func:`set_up` builds for the loop (model, optimizer and loaders prepared)."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    model: Any
+    tokenizer: Any
+    reference: Reference
+    loss_fn: Callable
+    optimizer: Any = None
+    lr_scheduler: Any = None
+    train_loader: Any = None
+    eval_loader: Any = None
+    state: TrainState = field(default_factory=TrainState)
+    num_epochs: int = 0
+    info: dict = field(default_factory=dict)  # run.json
+    history: list[dict] = field(default_factory=list)
+    grad_norm: Any = None  # of the last optimizer step (a device tensor until logged)
+
+    def log(self, values: dict, step: int) -> None:
+        self.accelerator.log(values, step=step)
+        self.history.append({"step": step, **values})
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up: the tiny kit, tokenizer, model, data, optimizer
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_tiny_kit(cfg: TrainConfig, accelerator) -> TrainConfig:
+    """``cfg`` with ``tinylm`` as model / dataset replaced by the offline kit's local paths (the kit
+    is built once under ``tiny_kit_dir``, by the main process first); ``cfg`` itself otherwise."""
+    if "tinylm" not in (cfg.model_name_or_path, cfg.dataset_name):
+        return cfg
+    from ncakit.scale.tinylm import ensure_tiny_kit
+
+    kit_dir = cfg.tiny_kit_dir or str(Path(cfg.output_dir) / "tinylm-kit")
+    with accelerator.main_process_first():
+        kit = ensure_tiny_kit(
+            kit_dir,
+            n_train=cfg.tiny_n_train,
+            n_test=cfg.tiny_n_test,
+            k=cfg.tiny_k,
+            hidden=cfg.tiny_hidden,
+            layers=cfg.tiny_layers,
+            sft_steps=cfg.tiny_sft_steps,
+            seed=cfg.tiny_seed,
+        )
+    paths: dict[str, Any] = {"tiny_kit_dir": kit_dir}
+    if cfg.model_name_or_path == "tinylm":
+        paths["model_name_or_path"] = str(kit.model_path)
+        paths["tokenizer_name_or_path"] = cfg.tokenizer_name_or_path or str(kit.tokenizer_path)
+    if cfg.dataset_name == "tinylm":
+        paths["dataset_name"] = str(kit.train_path)
+        if cfg.eval_dataset_name is None and cfg.eval_split is not None:
+            paths["eval_dataset_name"], paths["eval_split"] = str(kit.test_path), "test"
+    return dataclasses.replace(cfg, **paths)
+
+
+def load_tokenizer(cfg: TrainConfig):
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer_name_or_path or cfg.model_name_or_path
+    tok = AutoTokenizer.from_pretrained(
+        name, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
+    )
+    if tok.pad_token_id is None:  # Mistral/Llama: padding is masked everywhere, any id works
+        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
+    return tok
+
+
+def load_model(cfg: TrainConfig, accelerator):
+    """The causal LM: loaded (4-bit for QLoRA), head swapped, checkpointing on, LoRA attached."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "revision": cfg.model_revision,
+        "trust_remote_code": cfg.trust_remote_code,
+        "dtype": torch_dtype(cfg.torch_dtype),
+    }
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.load_in_4bit:
+        if not torch.cuda.is_available():
+            raise ValueError("load_in_4bit: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels)")
+        from transformers import BitsAndBytesConfig  # imports bitsandbytes lazily, only here
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=torch_dtype(cfg.bnb_4bit_compute_dtype),
+            bnb_4bit_quant_storage=torch_dtype(cfg.bnb_4bit_compute_dtype),
+        )
+        kwargs["device_map"] = {"": accelerator.local_process_index}
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, **kwargs)
+    model.config.use_cache = False
+    # Swap the head before peft wraps the model, so the adapter-disabled reference uses it too.
+    if install_logprob_head(model) is None:
+        logger.warning("no LogprobHead for %s: using the chunked logits path", type(model).__name__)
+    gc_kwargs = {"use_reentrant": False}
+    quantised_peft = cfg.use_peft and cfg.load_in_4bit  # peft's k-bit preparation turns it on itself
+    if cfg.gradient_checkpointing and not quantised_peft:
+        enable_checkpointing(model, gc_kwargs)
+    if cfg.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        if cfg.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=cfg.gradient_checkpointing,
+                gradient_checkpointing_kwargs=gc_kwargs,
+            )
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+        with torch.random.fork_rng(devices=[]):  # adapter init from cfg.seed, whatever ran before
+            torch.manual_seed(cfg.seed)
+            model = get_peft_model(model, lora)
+    return model
+
+
+def enable_checkpointing(model, kwargs: dict | None = None) -> None:
+    """Activation (gradient) checkpointing under its transformers 5 name, or the older one."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@dataclass
+class Data:
+    """The tokenised train / eval datasets, K, the data statistics (for ``run.json``), the collator."""
+
+    train: Any
+    eval: Any | None
+    k: int
+    stats: dict
+    collate: Callable | None = None
+
+
+def _load_split(cfg: TrainConfig, name: str, split: str, max_rows: int | None):
+    adapter_kwargs = {"pair_rewards": cfg.pair_rewards} if cfg.pair_rewards != "binary" else {}
+    try:
+        loaded = load_k_dataset(
+            name,
+            split,
+            cfg.dataset_schema,
+            max_rows=max_rows,
+            num_proc=cfg.dataset_num_proc,
+            **adapter_kwargs,
+        )
+    except TypeError as err:
+        if "pair_rewards" in str(err):
+            raise ValueError(
+                f"pair_rewards: {cfg.pair_rewards!r} applies to pairwise sources (binarized, trl) only; "
+                f"{name!r} is not one"
+            ) from None
+        raise
+    stats = loaded.stats
+    ds = loaded.dataset
+    if cfg.pairwise_from_k:
+        paired = to_pairwise(ds, cfg.pairwise_from_k, seed=cfg.seed)
+        ds, stats = paired.dataset, stats.then(paired.stats)
+    return ds, stats
+
+
+def _check_k(cfg: TrainConfig, k_counts: dict[int, int], where: str) -> None:
+    info = loss_spec(cfg.loss)
+    if info.pairwise and set(k_counts) != {2}:
+        raise ValueError(
+            f"loss: {cfg.loss!r} is pairwise and needs K = 2 data (chosen first), but the {where} data has "
+            f"responses per prompt {dict(sorted(k_counts.items()))}; use a K-way loss (nca, infonca, "
+            f"plackett_luce) or set pairwise_from_k: best_vs_random"
+        )
+    if not k_counts:
+        raise ValueError(
+            f"dataset_name: no usable prompts in the {where} data (all dropped; see the data stats)"
+        )
+
+
+def prepare_data(cfg: TrainConfig, tokenizer, accelerator) -> Data:
+    """Load, (optionally) pair, tokenise; the K checks. Runs on the main process first (caching)."""
+    if cfg.eval_dataset_name is not None:
+        eval_name, eval_split = cfg.eval_dataset_name, cfg.eval_split or "test"
+    elif cfg.eval_split is None:
+        eval_name = eval_split = None
+    elif Path(cfg.dataset_name).exists():
+        logger.warning(
+            "eval: %s is a local file; set eval_dataset_name to evaluate on held-out data", cfg.dataset_name
+        )
+        eval_name = eval_split = None
+    else:
+        eval_name, eval_split = cfg.dataset_name, cfg.eval_split
+    tok_kwargs = dict(
+        max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, num_proc=cfg.dataset_num_proc
+    )
+    splits = [("training", cfg.dataset_name, cfg.dataset_split, cfg.max_train_samples)]
+    if eval_name is not None:
+        splits.append(("eval", eval_name, eval_split, cfg.max_eval_samples))
+    datasets, stats = [], {}
+    with accelerator.main_process_first():
+        for where, name, split, max_rows in splits:
+            ds, st = _load_split(cfg, name, split, max_rows)
+            _check_k(cfg, st.k_counts, where)
+            tok = tokenize_k_dataset(ds, tokenizer, source=name, **tok_kwargs)
+            datasets.append(tok.dataset)
+            stats["train" if where == "training" else "eval"] = st.then(tok.stats).to_dict()
+    ks = [int(k) for s in stats.values() for k in s["k_counts"]]
+    k = cfg.k if cfg.k is not None else max(ks)
+    if max(ks) > k:
+        raise ValueError(f"k: the data has up to {max(ks)} responses per prompt, more than k = {k}")
+    return Data(datasets[0], datasets[1] if len(datasets) > 1 else None, k, stats)
+
+
+def build_optimizer(cfg: TrainConfig, model):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    if cfg.optim == "adamw_torch":
+        return torch.optim.AdamW(groups, **kwargs)
+    import bitsandbytes as bnb  # only when a paged optimizer is asked for
+
+    cls = bnb.optim.PagedAdamW32bit if cfg.optim == "paged_adamw_32bit" else bnb.optim.PagedAdamW8bit
+    return cls(groups, **kwargs)
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+    log_with: list[Any] = [JsonlTracker(Path(cfg.output_dir) / METRICS_FILE)]
+    for name in cfg.report_to:
+        from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+        ok = is_tensorboard_available() if name == "tensorboard" else is_wandb_available()
+        if not ok:
+            raise ValueError(f"report_to: {name!r} is not installed in this environment (pip install {name})")
+        log_with.append(name)
+    kwargs = {}
+    if cfg.mixed_precision is not None:
+        kwargs["mixed_precision"] = cfg.mixed_precision
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=log_with,
+        project_config=ProjectConfiguration(
+            project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")
+        ),
+        # the shuffling order depends on (seed, epoch) alone: identical on every process and on resume
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        **kwargs,
+    )
+    if accelerator.device.type == "cpu":
+        # 2 threads on these tiny tensors are far slower than 1 on a shared 2-core machine
+        torch.set_num_threads(cfg.cpu_threads or 1)
+    elif cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    return accelerator
+
+
+def set_up(cfg: TrainConfig) -> tuple[Run, Data]:
+    """Accelerator, seed, the tiny kit, the reference mode, tokenizer, data (fails early on a
+    pairwise loss with K > 2), model, and the reference prepared; nothing is passed to
+    ``accelerator.prepare`` yet (:func:`prepare_training` does that)."""
+    accelerator = make_accelerator(cfg)
+    seed_everything(cfg.seed)
+    if accelerator.is_main_process:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    loss_fn = get_loss(cfg.loss)
+    cfg = resolve_tiny_kit(cfg, accelerator)
+    reference = make_reference(cfg, accelerator)
+    tokenizer = load_tokenizer(cfg)
+    data = prepare_data(cfg, tokenizer, accelerator)
+    model = load_model(cfg, accelerator)
+    data.collate = KResponseCollator(tokenizer.pad_token_id, k=data.k)
+    data.train, data.eval, ref_info = reference.prepare(
+        model, data.train, data.eval, collate=data.collate, tokenizer=tokenizer
+    )
+    run = Run(cfg, accelerator, model, tokenizer, reference, loss_fn)
+    run.info = {"config": cfg.to_dict(), "data": data.stats, "k": data.k, "reference": ref_info}
+    return run, data
+
+
+def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
+    """Loaders, optimizer and scheduler; ``accelerator.prepare``; resume; trackers and ``run.json``."""
+    from transformers import get_scheduler
+
+    cfg, accelerator, collate = run.cfg, run.accelerator, data.collate
+    train_loader = make_dataloader(
+        data.train,
+        collate,
+        cfg.per_device_train_batch_size,
+        shuffle=True,
+        group_by_length=cfg.group_by_length,
+        seed=cfg.seed,
+    )
+    base_optimizer = build_optimizer(cfg, run.model)
+    run.model, run.optimizer, run.train_loader = accelerator.prepare(run.model, base_optimizer, train_loader)
+    if data.eval is not None:
+        run.eval_loader = accelerator.prepare(
+            make_dataloader(data.eval, collate, cfg.per_device_eval_batch_size, shuffle=False)
+        )
+    steps_per_epoch = math.ceil(len(run.train_loader) / cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_train_epochs * steps_per_epoch
+    run.num_epochs = math.ceil(max_steps / steps_per_epoch)
+    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * max_steps)
+    # Stepped by hand once per optimizer step (not through accelerator.prepare, which steps a
+    # scheduler num_processes times per call); saved with the state via register_for_checkpointing.
+    # It drives the plain torch optimizer: FSDP2 and DeepSpeed keep stepping that object's
+    # param_groups (sharded / partitioned params swapped in), so the learning rates reach them.
+    run.lr_scheduler = get_scheduler(
+        cfg.lr_scheduler_type, optimizer=base_optimizer, num_warmup_steps=warmup, num_training_steps=max_steps
+    )
+    accelerator.register_for_checkpointing(run.lr_scheduler)
+    run.state = TrainState(max_steps=max_steps)
+    if resume_path is not None:
+        load_checkpoint(accelerator, resume_path, run.state)
+
+    output_dir = Path(cfg.output_dir)
+    metrics_file = output_dir / METRICS_FILE
+    if resume_path is None and accelerator.is_main_process and metrics_file.exists():
+        metrics_file.unlink()  # a fresh run starts a fresh log; a resumed one appends to it
+    tracked = {k: jsonable(v) if not isinstance(v, list | dict) else str(v) for k, v in cfg.to_dict().items()}
+    accelerator.init_trackers(cfg.run_name or output_dir.name, config=tracked)
+    run.info |= {
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),
+        "max_steps": max_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "global_batch_prompts": cfg.per_device_train_batch_size
+        * cfg.gradient_accumulation_steps
+        * accelerator.num_processes,
+        "trainable_params": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+        "versions": versions(),
+    }
+    if accelerator.is_main_process:
+        (output_dir / "run.json").write_text(json.dumps(run.info, indent=2, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# One step, evaluation, logging
+# ----------------------------------------------------------------------------------------------
+
+
+def compute_loss(
+    model, batch, cfg: TrainConfig, loss_fn, reference: Reference, *, validate: bool = True
+) -> tuple[LossOutput, torch.Tensor, torch.Tensor]:
+    """One batch -> ``(loss output, policy_logps [B, K], ref_logps [B, K])``. ``validate``: the
+    loss's input checks (host syncs; see the module docstring)."""
+    ref_logps = reference.logps(model, batch)
+    policy_logps = batch_logps(model, batch, average=cfg.average_logps)  # [B, K], grad
+    ref_logps = ref_logps.to(policy_logps.device, torch.float32)
+    rewards, mask = batch["rewards"].to(policy_logps.device), batch["mask"].to(policy_logps.device)
+    out = loss_fn(
+        policy_logps,
+        ref_logps,
+        rewards,
+        mask=mask,
+        validate=validate,
+        **{"beta": cfg.beta, **cfg.loss_kwargs},
+    )
+    return out, policy_logps, ref_logps
+
+
+def train_step(run: Run, batch, *, validate: bool) -> tuple[LossOutput, torch.Tensor]:
+    """One micro-batch under ``accelerator.accumulate``: forward, backward; on the last micro-batch
+    of an optimizer step (``accelerator.sync_gradients``) also clipping and the optimizer step
+    (accelerate's optimizer wrapper skips ``step`` / ``zero_grad`` on the others)."""
+    accelerator, model = run.accelerator, run.model
+    with accelerator.accumulate(model):
+        out, policy, _ = compute_loss(model, batch, run.cfg, run.loss_fn, run.reference, validate=validate)
+        accelerator.backward(out.loss.mean())
+        if accelerator.sync_gradients and run.cfg.max_grad_norm > 0:
+            run.grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.cfg.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return out, policy
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict[str, float]:
+    """Loss and preference metrics over the whole held-out set (``eval_`` prefix, HF style); the
+    loss inputs of the first batch are validated."""
+    model, accelerator = run.model, run.accelerator
+    was_training = model.training
+    model.eval()
+    window = MetricsWindow()
+    for i, batch in enumerate(run.eval_loader):
+        out, policy, _ = compute_loss(model, batch, run.cfg, run.loss_fn, run.reference, validate=i == 0)
+        # gather_for_metrics drops the samples added to even out the last batch
+        window.append(accelerator.gather_for_metrics(MetricsWindow.rows(out, policy, batch)))
+    model.train(was_training)
+    return window_metrics(window.tensors(), prefix="eval_")
+
+
+def log_train_metrics(run: Run, window: MetricsWindow) -> dict:
+    """Log the window's metrics at the current step (gathered over the processes) and return them."""
+    state, accelerator = run.state, run.accelerator
+    tokens = int(accelerator.reduce(window.tokens, "sum"))
+    state.num_tokens += tokens
+    elapsed = time.perf_counter() - window.started
+    values = window_metrics(gather_rows(accelerator, window.tensors()))
+    values.update(
+        {
+            "learning_rate": run.lr_scheduler.get_last_lr()[0],
+            "grad_norm": float(run.grad_norm) if run.grad_norm is not None else None,
+            "epoch": state.epoch + state.batches_in_epoch / max(1, len(run.train_loader)),
+            "num_tokens": state.num_tokens,
+            "tokens_per_second": tokens / elapsed if elapsed > 0 else None,
+        }
+    )
+    run.log(values, state.global_step)
+    return values
+
+
+def every(n: int, step: int) -> bool:
+    """True at every ``n``-th optimizer step (never for ``n = 0``)."""
+    return n > 0 and step % n == 0
+
+
+def should_stop(run: Run, stop: StopFlag, nonfinite: torch.Tensor) -> bool:
+    """After an optimizer step: did any process get a stop signal (then save a checkpoint), and
+    was the step's loss finite on every process (else raise)? One reduce, one host read."""
+    flags = torch.stack([torch.tensor(int(stop.requested), device=nonfinite.device), nonfinite.long()])
+    requested, bad = run.accelerator.reduce(flags, "max").tolist()
+    if bad:
+        raise ValueError(
+            f"loss: not finite at step {run.state.global_step} (try a lower learning_rate or beta, or check the data)"
+        )
+    if requested:
+        name = stop.signal_name or "stop signal"
+        run.accelerator.print(f"{name}: saving a checkpoint at step {run.state.global_step}")
+        save_checkpoint(run.accelerator, run.cfg, run.state, reason=stop.signal_name or "signal")
+    return bool(requested)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, *, callbacks: list[Callable[[TrainState], None]] | None = None) -> TrainResult:
+    """Run one training job described by ``cfg`` (already validated). ``callbacks`` are called with
+    the :class:`TrainState` after every optimizer step (tests use them to send signals)."""
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    resume_path = resolve_resume(cfg)
+    run, data = set_up(cfg)
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    if cfg.precompute_reference_only:
+        accelerator.print(f"reference log-probs cached: {json.dumps(run.info['reference'])}")
+        accelerator.end_training()
+        return TrainResult(Path(cfg.output_dir), state, summary={"reference": run.info["reference"]})
+    prepare_training(run, data, resume_path)
+    state, model, device = run.state, run.model, accelerator.device
+    if cfg.eval_on_start and run.eval_loader is not None and state.global_step == 0:
+        run.log(evaluate(run), step=0)
+
+    model.train()
+    run.optimizer.zero_grad(set_to_none=True)  # a model handed over with gradients starts clean
+    progress = tqdm(
+        total=state.max_steps,
+        initial=state.global_step,
+        disable=not (cfg.progress and accelerator.is_local_main_process),
+    )
+    window, last_eval_step, interrupted, done = MetricsWindow(device), -1, False, False
+    first_micro_batch, nonfinite = True, torch.zeros((), dtype=torch.bool, device=device)
+    with StopFlag() as stop:
+        while not done and state.global_step < state.max_steps and state.epoch < run.num_epochs:
+            run.train_loader.set_epoch(state.epoch)
+            skip = state.batches_in_epoch
+            loader = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+            for batch in loader:
+                out, policy = train_step(run, batch, validate=first_micro_batch)
+                state.batches_in_epoch += 1
+                window.add(out, policy, batch)
+                nonfinite |= ~torch.isfinite(out.loss.detach()).all()
+                first_micro_batch = accelerator.sync_gradients
+                if not accelerator.sync_gradients:
+                    continue
+                run.lr_scheduler.step()
+                state.global_step += 1
+                progress.update(1)
+                last = state.global_step >= state.max_steps
+                if state.global_step % cfg.logging_steps == 0 or last:
+                    values = log_train_metrics(run, window)
+                    progress.set_postfix(
+                        loss=f"{values['loss']:.4f}", chosen=f"{values['rewards/chosen']:+.3f}"
+                    )
+                    window = MetricsWindow(device)
+                if run.eval_loader is not None and every(cfg.eval_steps, state.global_step):
+                    run.log(evaluate(run), state.global_step)
+                    last_eval_step = state.global_step
+                if every(cfg.save_steps, state.global_step) and not last:
+                    save_checkpoint(accelerator, cfg, state, reason="periodic")
+                for cb in callbacks or ():
+                    cb(state)
+                interrupted = should_stop(run, stop, nonfinite)
+                nonfinite.zero_()
+                if last or interrupted:
+                    done = True
+                    break
+            if not done:
+                state.epoch += 1
+                state.batches_in_epoch = 0
+    progress.close()
+
+    if not interrupted and run.eval_loader is not None and last_eval_step != state.global_step:
+        run.log(evaluate(run), state.global_step)
+    if not interrupted and cfg.save_final:
+        save_final(accelerator, cfg, model, run.tokenizer)
+    return finish(run, t_start, interrupted)
+
+
+def finish(run: Run, t_start: float, interrupted: bool) -> TrainResult:
+    """Write ``summary.json``, end the trackers, return the :class:`TrainResult`."""
+    accelerator, state, history = run.accelerator, run.state, run.history
+    train_logs = [h for h in history if "loss" in h]
+    eval_logs = [h for h in history if "eval_loss" in h]
+    summary = {
+        "wall_seconds": time.perf_counter() - t_start,
+        "global_step": state.global_step,
+        "interrupted": interrupted,
+        "loss_first": train_logs[0]["loss"] if train_logs else None,
+        "loss_last": train_logs[-1]["loss"] if train_logs else None,
+        "eval": eval_logs[-1] if eval_logs else None,
+        "num_tokens": state.num_tokens,
+    }
+    output_dir = Path(run.cfg.output_dir)
+    if accelerator.is_main_process:
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    accelerator.end_training()
+    return TrainResult(output_dir, state, history, summary, interrupted, accelerator.unwrap_model(run.model))
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    """``scale/train.py``: parse ``[--config recipe.yaml] [--key value ...]`` and train."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for noisy in ("datasets", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        datasets.disable_progress_bars()
+    cfg = parse_config(argv)
+    return train(cfg)
