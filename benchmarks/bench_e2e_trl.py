@@ -1,5 +1,5 @@
 """End-to-end benchmark: ncakit's scale loop (``ncakit.scale.train``) vs TRL 1.16's ``DPOTrainer`` on the same
-model, data and optimisation, fp32 on CPU (issue 8, item 1).
+model, data and optimisation, fp32 on CPU.
 
 What is the same on both sides
   model      a Llama from ``LlamaConfig`` (hidden 256, 4 layers, 4 heads / 2 KV heads, MLP 1024, untied
@@ -562,7 +562,7 @@ def main(argv=None) -> int:
     write_result(
         a.name,
         {
-            "goal": ">= 1.5x TRL's throughput (steps/s, median) at <= its peak RSS (issue 8)",
+            "goal": ">= 1.5x TRL's throughput (steps/s, median) at <= its peak RSS",
             "config": config,
             "workspace": {k: v for k, v in ws.items() if k != "model_dir"},
             "tokens_per_step": tokens_per_step,

@@ -1,5 +1,5 @@
 """GPU training-step benchmark: a 7B-shaped Llama from config, bf16, LoRA and full fine-tuning, sequences
-of 1024 tokens, K = 2 and 4 responses per prompt (issue 8, item 5). Never part of CI or ``run_all.py``.
+of 1024 tokens, K = 2 and 4 responses per prompt. Never part of CI or ``run_all.py``.
 
 Without CUDA it prints a message and exits 0 (nothing is measured, no result is written).
 ``--cpu-smoke`` runs a tiny configuration on the CPU through the same code (for the smoke test only;
@@ -34,7 +34,7 @@ FLOP count (model FLOPs; gradient-checkpointing recomputation NOT counted, so th
   MFU = FLOPs per step / step time / peak dense bf16 FLOP/s of the device (H100 SXM and H200: 989 TFLOP/s,
   H100 PCIe 756, A100 312; ``--peak-tflops`` overrides). ``hfu`` adds the recomputed forward
   (2 N + 2 L d T per token) when gradient checkpointing is on.
-Goal (issue 8): MFU >= 40%; published DPO anchors are ~20-27% MFU on H100.
+Goal: MFU >= 40%; published DPO anchors are ~20-27% MFU on H100.
 
 Usage: python benchmarks/bench_gpu_step.py [--modes lora full] [--ks 2 4] [--prompts 2] [--steps 5]
 Writes benchmarks/results/gpu_step.json (only when run on a GPU).
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
     write_result(
         "gpu_step",
         {
-            "goal": "MFU >= 40% (issue 8); published DPO anchors ~20-27% on H100",
+            "goal": "MFU >= 40%; published DPO anchors ~20-27% on H100",
             "config": {
                 k: getattr(a, k)
                 for k in ("modes", "ks", "prompts", "prompt_len", "response_len", "steps", "warmup", "attn")

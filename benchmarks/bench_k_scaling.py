@@ -1,5 +1,4 @@
-"""K scaling: the cost per prompt of K = 2, 4, 8 responses through ncakit's forward + backward
-(issue 8, item 3).
+"""K scaling: the cost per prompt of K = 2, 4, 8 responses through ncakit's forward + backward.
 
 Setup: the e2e benchmark's model shape (a Llama from ``LlamaConfig``: hidden 256, 4 layers, 4 heads /
 2 KV heads, MLP 1024, vocabulary 8192, untied head; random weights, fp32, CPU), with ncakit's

@@ -1,7 +1,7 @@
 """Log-prob head benchmark: naive full-vocab log_softmax vs ncakit's chunked heads vs TRL 1.16's
 chunked log-prob kernel (trl/kernels/chunked_logprob.py), forward + backward.
 
-Setup (issue 8, item 2): hidden size 1024, 8192 scored tokens, vocab 32k and 128k, fp32 on CPU.
+Setup: hidden size 1024, 8192 scored tokens, vocab 32k and 128k, fp32 on CPU.
 Every (variant, vocab) runs in a FRESH process, so its peak RSS is its own: we report
 ``peak_extra_mib`` = high-water RSS minus the RSS after the inputs were allocated (the memory the head
 itself needs: logits, log-softmax, gradients, chunk buffers), and the time of fwd+bwd.
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     write_result(
         a.name,
         {
-            "goal": "peak <= 0.2x naive and time <= 1.2x naive (issue 8)",
+            "goal": "peak <= 0.2x naive and time <= 1.2x naive",
             "config": {
                 "tokens": a.tokens,
                 "hidden": a.hidden,

@@ -1,4 +1,4 @@
-"""Run the CPU benchmarks (issue 8, items 1-4) and rewrite benchmarks/README.md from their result files.
+"""Run the CPU benchmarks and rewrite benchmarks/README.md from their result files.
 
     .venv/bin/python benchmarks/run_all.py                  # everything below, then the README (`make bench`)
     .venv/bin/python benchmarks/run_all.py --only e2e head  # some items, then the README

@@ -16,7 +16,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Every tensor in the suite is tiny: one thread is faster, and two threads thrash OpenMP on a
-    shared 2-core machine (measured: 20-100x slower per op while other processes use the other core)."""
+    shared 2-core machine (measured: tens of times slower per op while another process uses the other core)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,4 +1,4 @@
-"""Hygiene of the tutorial notebooks (issue 7), checked without executing them.
+"""Hygiene of the tutorial notebooks, checked without executing them.
 
 For every ``tutorials/NN_*.ipynb``:
 

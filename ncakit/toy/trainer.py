@@ -419,9 +419,10 @@ def train_bandits(
         config: :class:`BanditTrainConfig` (losses, steps, optimiser, logging).
         device, dtype: where and in what precision to run (float32 by default).
         threads: torch intra-op CPU threads during the run, restored afterwards (None: leave as is).
-            The default 1 is deliberate: the toy's tensors are tiny, so a second thread buys nothing,
-            and on a 2-core machine whose other core is busy it made a step ~40x slower (OpenMP
-            barriers waiting on a descheduled thread; 109 vs 2.3 ms in one benchmark run).
+            The default 1 is deliberate: the toy's tensors are tiny, so a second thread buys nothing
+            (2.8 vs 2.5 ms per step, benchmarks/results/toy_sweep.json), and on a 2-core machine whose
+            other core is busy it made a step tens of times slower (OpenMP barriers waiting on a
+            descheduled thread; 109 vs 2.3 ms in one run).
         progress: True for a tqdm bar, or a callable called with the number of steps just done.
     """
     with torch_threads(threads if torch.device(device).type == "cpu" else None):
