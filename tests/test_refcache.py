@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from ncakit.scale import (  # noqa: E402
     data,  # noqa: E402
     forward,
+    refcache,
     reference,
     tinylm,
 )
@@ -135,7 +136,8 @@ def test_precompute_then_cache_hit_runs_no_forward(model, dataset, collate, tok,
         )
         assert counter.calls == 3  # ceil(10 / 4) batches
         assert first.info["cache_hit"] is False and first.info["sequences"] == 4 * 10 - 2 - 1
-        assert (tmp_path / f"ref_logps-{first.info['key'][:20]}" / "ref_logps.npy").is_file()
+        assert refcache.cache_file(tmp_path, first.info["key"]).is_file()
+        assert [p.name for p in tmp_path.iterdir()] == [refcache.cache_file(tmp_path, first.info["key"]).name]
         counter.calls = 0
         second = reference.precompute_reference_logps(
             model,
@@ -319,8 +321,11 @@ def test_reference_modes_are_chosen_once_and_agree(model, peft_model, dataset, c
         reference.AdapterReference,
         reference.ModelReference,
     ]
-    assert reference.hub_model_id(cfg) is None, "a local folder is identified by its weights"
-    assert reference.hub_model_id(replace(cfg, model_name_or_path="org/name")) == "org/name@main"
+    # a folder without weight files (here: the model lives in memory only) falls back to the live weights
+    assert reference.model_identity(cfg, model) == reference.model_fingerprint(model)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hub = replace(cfg, model_name_or_path="org/name", model_revision=commit)
+    assert reference.model_identity(hub) == f"hub:org/name@{commit}"
 
     train_ds, eval_ds, info = modes["precompute"].prepare(
         model, dataset, None, collate=collate, tokenizer=tok

@@ -6,7 +6,8 @@ FSDP2, ZeRO-3). ``scale/train.py`` and ``scale/generate.py`` are its entry point
 ``config``         :class:`TrainConfig`: defaults < YAML recipe < ``--key value`` flags, checked
 ``data``           K-response datasets: schemas, loading, tokenisation, collation, batching
 ``forward``        the policy's ``[B, K]`` log-probs: ``LogprobHead``, :func:`batch_logps`
-``reference``      the reference: precomputed + disk cache, adapter disabled, or a frozen copy
+``reference``      the reference, chosen once: precomputed (cached), adapter disabled, or a frozen copy
+``refcache``       the reference cache on disk: its key (sharding-proof identity), checked file, atomic writes
 ``train``          the training loop (set-up, one step, evaluation) behind ``scale/train.py``
 ``tracking``       TRL-named metrics over a logging window, ``metrics.jsonl``
 ``checkpoint``     save / resume / final model, stopping on SIGTERM or SIGINT

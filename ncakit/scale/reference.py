@@ -4,9 +4,9 @@ A training run chooses its reference ONCE (:func:`make_reference`, from ``cfg.re
 of three small objects with the same two methods, ``prepare`` (before ``accelerator.prepare``) and
 ``logps(model, batch)`` (``[B, K]``, no gradient):
 
-- :class:`PrecomputedReference` (``precompute``) -- one pass before training, sharded over the
-  processes and cached on disk (:func:`precompute_reference_logps`); the datasets gain a
-  ``ref_logps`` column and the collator returns ``batch["ref_logps"]``.
+- :class:`PrecomputedReference` (``precompute``) -- one pass before training, its batches split
+  over the processes, cached on disk in one file per dataset (:func:`precompute_reference_logps`);
+  the datasets gain a ``ref_logps`` column and the collator returns ``batch["ref_logps"]``.
 - :class:`AdapterReference` (``adapter``) -- the same LoRA model with its adapter disabled, per
   batch (:func:`reference_logps_from_adapter`; MATH.md, Facts about the authors' released setup:
   the reference is the same base with the LoRA adapter disabled). No second model in memory.
@@ -16,18 +16,22 @@ of three small objects with the same two methods, ``prepare`` (before ``accelera
 Every path goes through :func:`ncakit.scale.forward.batch_logps`, so the numbers agree exactly
 on the same weights (a test checks it).
 
-The disk cache: :func:`precompute_reference_logps` adds a ``ref_logps`` column (K floats per row),
-cached under ``cache_dir`` by a key (:func:`reference_cache_key`) hashing the token ids
-(:func:`data_fingerprint`), the model weights (:func:`model_fingerprint`, or a given ``model_id``
-such as ``"name@revision"``), the tokenizer (:func:`tokenizer_fingerprint`) and the lengths; a
-second call with the same inputs loads the file and runs no forward pass.
+The disk cache (:mod:`ncakit.scale.refcache`): :func:`precompute_reference_logps` adds a
+``ref_logps`` column (K floats per row), cached under ``cache_dir`` in ONE verified file per
+dataset, keyed (:func:`reference_cache_key`) by the token ids of all its rows
+(:func:`data_fingerprint`), the model's identity (``model_id``: the files on disk,
+:func:`model_files_fingerprint`, or the Hub commit, :func:`hub_model_identity`; by default the
+live weights, :func:`model_fingerprint`), the tokenizer (:func:`tokenizer_fingerprint`) and the
+lengths -- not by the number of processes or how the weights are sharded. A second call with the
+same inputs loads the file and runs no forward pass; a file that fails verification is named in
+one warning line, recomputed and replaced atomically.
 
 Example::
 
     ds, stats = prepare_k_dataset(path, tokenizer, max_length=1024, max_prompt_length=512)
     collate = KResponseCollator(tokenizer.pad_token_id, k=4)
     ds, info = precompute_reference_logps(model, ds, collate, batch_size=16, cache_dir="cache/ref",
-                                          model_id="HuggingFaceH4/mistral-7B-SFT-beta@main",
+                                          model_id=hub_model_identity("HuggingFaceH4/mistral-7B-SFT-beta"),
                                           key_extra={"max_length": 1024, "max_prompt_length": 512})
     for batch in make_dataloader(ds, collate, 8):
         policy = batch_logps(model, batch)                               # [B, K], with grad
@@ -38,24 +42,34 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import logging
 import os
-import shutil
-import tempfile
+import pickle
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader
 
 from ncakit.scale.forward import batch_logps, causal_lm, find_peft_model, model_device, unwrap_model
+from ncakit.scale.refcache import (
+    CACHE_FORMAT,
+    CacheProblem,
+    cache_file,
+    data_fingerprint,
+    hub_model_identity,
+    model_files_fingerprint,
+    model_fingerprint,
+    partitioned_parameter,
+    read_cache,
+    reference_cache_key,
+    tokenizer_fingerprint,
+    write_cache,
+)
 
 if TYPE_CHECKING:
     from ncakit.scale.config import TrainConfig
@@ -70,15 +84,18 @@ __all__ = [
     "reference_logps_from_adapter",
     "precompute_reference_logps",
     "ReferenceLogps",
+    "model_identity",
+    "is_zero3",
+    # the cache's identity, from ncakit.scale.refcache
     "data_fingerprint",
     "model_fingerprint",
+    "model_files_fingerprint",
+    "hub_model_identity",
     "tokenizer_fingerprint",
     "reference_cache_key",
 ]
 
 logger = logging.getLogger(__name__)
-
-CACHE_FORMAT = 1  # bump when the stored numbers would change for the same inputs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,94 +142,6 @@ def reference_logps_from_adapter(
 
 
 # ----------------------------------------------------------------------------------------------
-# Fingerprints and cache key
-# ----------------------------------------------------------------------------------------------
-
-
-def _hash_int_lists(h, arr: pa.Array) -> None:
-    """Feed a (nested) list<int> Arrow array to the hash: lengths at each level, then values, int64."""
-    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        lengths = pc.fill_null(pc.list_value_length(arr), -1).to_numpy(zero_copy_only=False)
-        h.update(np.ascontiguousarray(lengths, dtype=np.int64).tobytes())
-        arr = pc.list_flatten(arr)
-    h.update(np.ascontiguousarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64).tobytes())
-
-
-def data_fingerprint(dataset) -> str:
-    """SHA-256 of the token ids (``prompt_ids`` and ``response_ids``) of a tokenised dataset or row
-    list, so it covers the source data, the tokenizer and the truncation. Same value for a
-    ``datasets.Dataset`` and the equal list of dicts."""
-    import datasets  # scale extra
-
-    if isinstance(dataset, datasets.Dataset):
-        # as an Arrow table, through any select/shuffle indices: hash the rows as they are seen
-        table = dataset.select_columns(["prompt_ids", "response_ids"]).with_format("arrow")[:]
-        cols = {c: table.column(c).combine_chunks() for c in ("prompt_ids", "response_ids")}
-    else:
-        rows = list(dataset)
-        cols = {
-            "prompt_ids": pa.array([list(r["prompt_ids"]) for r in rows], type=pa.list_(pa.int64())),
-            "response_ids": pa.array(
-                [[list(x) for x in r["response_ids"]] for r in rows], type=pa.list_(pa.list_(pa.int64()))
-            ),
-        }
-    h = hashlib.sha256()
-    for name in ("prompt_ids", "response_ids"):
-        h.update(name.encode())
-        _hash_int_lists(h, cols[name])
-    return h.hexdigest()
-
-
-def _canonical_param_name(name: str) -> str:
-    # peft wraps "model.layers.0.q_proj.weight" as "base_model.model.model.layers.0.q_proj.base_layer.weight"
-    if name.startswith("base_model.model."):
-        name = name[len("base_model.model.") :]
-    return name.replace(".base_layer.", ".")
-
-
-def model_fingerprint(model, *, exclude_adapter: bool = True) -> str:
-    """SHA-256 over parameter names, shapes, dtypes and bytes (LoRA weights excluded by default,
-    and peft's name prefixes removed, so a base model and the same base inside a peft model with
-    the adapter disabled get the same value). Reads every weight once: seconds per GB; pass
-    ``model_id`` to :func:`precompute_reference_logps` to skip it for hub models."""
-    h = hashlib.sha256()
-    m = unwrap_model(model)
-    items = []
-    for name, p in m.named_parameters():
-        if exclude_adapter and ("lora_" in name or ".modules_to_save." in name):
-            continue
-        items.append((_canonical_param_name(name), p))
-    for name, p in sorted(items, key=lambda kv: kv[0]):
-        t = p.detach()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
-        flat = t.contiguous().reshape(-1)
-        step = max(1, (64 << 20) // max(1, flat.element_size()))  # 64 MiB at a time
-        for start in range(0, flat.numel(), step):
-            chunk = flat[start : start + step].cpu().view(torch.uint8)
-            h.update(chunk.numpy().tobytes())
-    return h.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """SHA-256 of the tokenizer's vocabulary/merges (fast tokenizers), chat template and special tokens."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode())
-    else:
-        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(str(getattr(tokenizer, "chat_template", None)).encode())
-    specials = {k: str(v) for k, v in (getattr(tokenizer, "special_tokens_map", {}) or {}).items()}
-    h.update(json.dumps(specials, sort_keys=True).encode())
-    return h.hexdigest()
-
-
-def reference_cache_key(components: Mapping[str, Any]) -> str:
-    """SHA-256 of the JSON of the key components (sorted keys)."""
-    return hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------
 # Precompute pass with a disk cache
 # ----------------------------------------------------------------------------------------------
 
@@ -221,9 +150,10 @@ class ReferenceLogps(NamedTuple):
     """``(dataset, info)`` from :func:`precompute_reference_logps`.
 
     ``info``: ``cache_hit`` (bool), ``cache_path`` (str or None), ``key`` (hex), ``components``
-    (what the key hashes), ``rows``, ``sequences``, ``tokens``, ``seconds``, ``sequences_per_s``,
-    ``tokens_per_s`` (of the forward pass that made the numbers; on a cache hit, the stored
-    values of the run that wrote the cache).
+    (what the key hashes), ``repaired`` (what was wrong with a cache file that was recomputed, or
+    None), ``rows``, ``sequences``, ``tokens``, ``seconds``, ``sequences_per_s``, ``tokens_per_s``,
+    ``processes`` (of the forward pass that made the numbers; on a cache hit, the stored values of
+    the run that wrote the cache).
     """
 
     dataset: Any
@@ -265,120 +195,61 @@ def _attach(dataset, values: list[list[float]]):
     return [{**dict(r), "ref_logps": v} for r, v in zip(dataset, values)]
 
 
-def _load_cache(path: Path, n_resp: np.ndarray) -> list[list[float]] | None:
-    arr_file, meta_file = path / "ref_logps.npy", path / "meta.json"
-    if not (arr_file.is_file() and meta_file.is_file()):
-        return None
-    arr = np.load(arr_file)
-    if arr.shape[0] != len(n_resp) or (len(n_resp) and arr.shape[1] < n_resp.max()):
-        logger.warning("reference cache %s does not match the dataset's shape; recomputing", path)
-        return None
-    return [arr[i, : n_resp[i]].tolist() for i in range(len(n_resp))]
+def _row_range(dataset, lo: int, hi: int):
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.select(range(lo, hi))
+    return list(dataset)[lo:hi]
 
 
-def _save_cache(path: Path, values: list[list[float]], meta: dict) -> None:
-    kmax = max((len(v) for v in values), default=0)
-    arr = np.full((len(values), kmax), np.nan, dtype=np.float32)
-    for i, v in enumerate(values):
-        arr[i, : len(v)] = v
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
-    try:
-        np.save(tmp / "ref_logps.npy", arr)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+def _my_rows(n_rows: int, batch_size: int, processes: int, index: int) -> tuple[int, int]:
+    """Process ``index``'s rows: a contiguous block of WHOLE batches of the one-process pass, so the
+    forward sees the same batches (the same padding, the same numbers) for any number of processes."""
+    n_batches = -(-n_rows // batch_size)
+    blocks = np.array_split(np.arange(n_batches), processes)
+    mine = blocks[index]
+    if len(mine) == 0:
+        return n_rows, n_rows
+    return int(mine[0]) * batch_size, min(n_rows, (int(mine[-1]) + 1) * batch_size)
+
+
+def _collective(accelerator, fn: Callable[[], Any], *, main_only: bool) -> Any:
+    """``fn()`` on the main process (``main_only``; its result is sent to all) or on every process
+    (a list of the results, in process order). An exception raised anywhere is raised on every
+    process, so no process waits forever in a later collective for one that stopped."""
+    n = accelerator.num_processes if accelerator is not None else 1
+    if n <= 1:
+        return fn() if main_only else [fn()]
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    def attempt():
         try:
-            os.replace(tmp, path)  # atomic; another process may have won the race
-        except OSError:
-            if not (path / "ref_logps.npy").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            return "ok", fn()
+        except Exception as e:  # raised again below, on every process
+            try:
+                pickle.dumps(e)
+            except Exception:
+                return "error", RuntimeError(f"{type(e).__name__}: {e}")
+            return "error", e
 
-
-def precompute_reference_logps(
-    model,
-    dataset,
-    collate_fn: Callable,
-    batch_size: int = 8,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    model_id: str | None = None,
-    tokenizer=None,
-    key_extra: Mapping[str, Any] | None = None,
-    average: bool = False,
-    path: str = "auto",
-    disable_adapter: bool = True,
-    overwrite: bool = False,
-    progress: bool = False,
-    on_miss: str = "compute",
-    model_dtype: str | None = None,
-) -> ReferenceLogps:
-    """Add a ``ref_logps`` column (K floats per row) of reference sequence log-probs, cached on disk.
-
-    Args:
-        model: the reference model (a peft model is run with its adapter disabled unless
-            ``disable_adapter=False``). Run this BEFORE wrapping the model for distributed
-            training (every process computes the same numbers, or load the cache on all).
-        dataset: tokenised rows (``ncakit.scale.data.tokenize_k_dataset`` output, or a list of dicts
-            with ``prompt_ids``, ``response_ids``, ``rewards``).
-        collate_fn: the collator (``KResponseCollator``); rows are read in order, unshuffled.
-        batch_size: prompts per forward pass (B·K sequences).
-        cache_dir: folder for the cache (``<cache_dir>/ref_logps-<key[:20]>/``: ``ref_logps.npy``
-            ``[rows, K]`` float32 NaN-padded and ``meta.json``); ``None`` disables caching.
-        model_id: the model's identity for the key (e.g. ``"org/name@revision"``); by default
-            the weights are hashed (:func:`model_fingerprint`).
-        tokenizer / key_extra: also hashed into the key (e.g. ``{"max_length": 1024,
-            "max_prompt_length": 512}``); the token ids already are, via
-            :func:`data_fingerprint`.
-        average / path: as in :func:`batch_logps` (``average`` is part of the key).
-        overwrite: recompute even when the cache exists.
-        model_dtype: the dtype recorded in the key (default: the model's first parameter's).
-            Pass the LOADING dtype when the same weights may sit in another dtype in a later run
-            (e.g. a ZeRO-3 run reading a cache filled by a plain run: DeepSpeed recasts the weights).
-        on_miss: ``"compute"`` (default) runs the forward pass when the cache has no entry;
-            ``"raise"`` raises ``FileNotFoundError`` instead (for models that cannot run a forward
-            outside their distributed engine, e.g. ZeRO-3-partitioned weights).
-
-    Returns:
-        ``ReferenceLogps(dataset_with_ref_logps, info)``.
-    """
-    if on_miss not in ("compute", "raise"):
-        raise ValueError(f"on_miss: expected 'compute' or 'raise', got {on_miss!r}")
-    # With the adapter disabled (or none), the reference is the base weights alone; otherwise the
-    # LoRA weights are part of the reference and of its identity.
-    uses_adapter = find_peft_model(model) is not None and not disable_adapter
-    if model_id is not None:
-        model_key = f"{model_id}+adapter" if uses_adapter else str(model_id)
+    if main_only:
+        box = [attempt() if accelerator.is_main_process else None]
+        outcomes = [broadcast_object_list(box, from_process=0)[0]]
     else:
-        model_key = model_fingerprint(model, exclude_adapter=not uses_adapter)
-    components = {
-        "format": CACHE_FORMAT,
-        "data": data_fingerprint(dataset),
-        "model": model_key,
-        "dtype": str(model_dtype) if model_dtype is not None else _model_dtype(model),
-        "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
-        "extra": dict(key_extra) if key_extra else None,
-        "average": bool(average),
-    }
-    key = reference_cache_key(components)
-    cache_path = Path(cache_dir) / f"ref_logps-{key[:20]}" if cache_dir is not None else None
-    n_resp = _num_responses(dataset)
-    if cache_path is not None and not overwrite:
-        values = _load_cache(cache_path, n_resp)
-        if values is not None:
-            meta = json.loads((cache_path / "meta.json").read_text())
-            info = {**meta.get("run", {}), "cache_hit": True, "cache_path": str(cache_path), "key": key}
-            info["components"] = components
-            logger.info("reference log-probs: cache hit %s (%d rows)", cache_path, len(values))
-            return ReferenceLogps(_attach(dataset, values), info)
+        outcomes = gather_object([attempt()])
+    for status, payload in outcomes:
+        if status == "error":
+            raise payload
+    results = [payload for _, payload in outcomes]
+    return results[0] if main_only else results
 
-    if on_miss == "raise":
-        raise FileNotFoundError(
-            f"cache_dir: no reference log-probs cached for this data/model/dtype (expected {cache_path}); "
-            "fill the cache first (scale/train.py --precompute_reference_only true, on a single-GPU or DDP config)"
-        )
-    loader = DataLoader(_rows_of(dataset), batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+
+def _forward_rows(
+    model, rows, collate_fn: Callable, batch_size: int, *, average, path, disable_adapter, progress
+):
+    """The reference forward over ``rows`` in order: (each row's K_i log-probs, sequences, tokens, seconds)."""
+    loader = DataLoader(_rows_of(rows), batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
     values: list[list[float]] = []
     n_seq = n_tok = 0
     device = model_device(model)
@@ -409,7 +280,157 @@ def precompute_reference_logps(
                 values.append(logps[b, :k_b].tolist())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
+    return values, n_seq, n_tok, time.perf_counter() - t0
+
+
+def precompute_reference_logps(
+    model,
+    dataset,
+    collate_fn: Callable,
+    batch_size: int = 8,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    model_id: str | None = None,
+    tokenizer=None,
+    key_extra: Mapping[str, Any] | None = None,
+    average: bool = False,
+    path: str = "auto",
+    disable_adapter: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_miss: str = "compute",
+    model_dtype: str | None = None,
+    accelerator=None,
+) -> ReferenceLogps:
+    """Add a ``ref_logps`` column (K floats per row) of reference sequence log-probs, cached on disk.
+
+    Args:
+        model: the reference model (a peft model is run with its adapter disabled unless
+            ``disable_adapter=False``). Run this BEFORE wrapping the model for distributed
+            training.
+        dataset: tokenised rows (``ncakit.scale.data.tokenize_k_dataset`` output, or a list of dicts
+            with ``prompt_ids``, ``response_ids``, ``rewards``); the whole dataset, on every process.
+        collate_fn: the collator (``KResponseCollator``); rows are read in order, unshuffled.
+        batch_size: prompts per forward pass (B·K sequences).
+        cache_dir: folder for the cache (one file per entry, :func:`ncakit.scale.refcache.cache_file`:
+            ``<cache_dir>/ref_logps-<key[:20]>.safetensors`` with a verified manifest); ``None``
+            disables caching. A file that fails verification (edited, truncated, another dataset's
+            rows or K) is named in one warning line, recomputed and replaced atomically.
+        model_id: the model's identity for the key (``model_files_fingerprint(folder)``,
+            ``hub_model_identity(name, revision)``, or any string naming the weights exactly); by
+            default the live weights are hashed (:func:`model_fingerprint`; refused for
+            ZeRO-3 / FSDP-partitioned weights).
+        tokenizer / key_extra: also hashed into the key (e.g. ``{"max_length": 1024,
+            "max_prompt_length": 512}``); the token ids already are, via
+            :func:`data_fingerprint`.
+        average / path: as in :func:`batch_logps` (``average`` is part of the key).
+        overwrite: recompute even when the cache holds a valid entry, and replace it (atomically).
+        model_dtype: the dtype recorded in the key (default: the model's first parameter's).
+            Pass the LOADING dtype when the same weights may sit in another dtype in a later run
+            (e.g. a ZeRO-3 run reading a cache filled by a plain run: DeepSpeed recasts the weights).
+        on_miss: ``"compute"`` (default) runs the forward pass when the cache has no valid entry;
+            ``"raise"`` raises instead (``FileNotFoundError`` for no file,
+            :class:`ncakit.scale.refcache.CacheProblem` for an untrustworthy one) -- for models that
+            cannot run a forward outside their distributed engine (ZeRO-3-partitioned weights).
+        accelerator: with several processes, process r runs the forward over its contiguous block
+            of whole batches (the batches of a one-process pass), the blocks are gathered, and the
+            main process reads, verifies and writes the ONE cache file of the whole dataset (its
+            folder need not be shared). The key does not depend on the number of processes: a
+            cache filled by 2 processes serves 1 or 8.
+
+    Returns:
+        ``ReferenceLogps(dataset_with_ref_logps, info)``.
+    """
+    if on_miss not in ("compute", "raise"):
+        raise ValueError(f"on_miss: expected 'compute' or 'raise', got {on_miss!r}")
+    n_proc = accelerator.num_processes if accelerator is not None else 1
+    index = accelerator.process_index if n_proc > 1 else 0
+    # With the adapter disabled (or none), the reference is the base weights alone; otherwise the
+    # LoRA weights are part of the reference and of its identity.
+    uses_adapter = find_peft_model(model) is not None and not disable_adapter
+
+    def key_components():
+        if model_id is not None:
+            model_key = f"{model_id}+adapter" if uses_adapter else str(model_id)
+        else:
+            model_key = model_fingerprint(model, exclude_adapter=not uses_adapter)
+        return {
+            "format": CACHE_FORMAT,
+            "data": data_fingerprint(dataset),
+            "model": model_key,
+            "dtype": str(model_dtype) if model_dtype is not None else _model_dtype(model),
+            "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
+            "extra": dict(key_extra) if key_extra else None,
+            "average": bool(average),
+        }
+
+    components = _collective(accelerator, key_components, main_only=True)
+    key = reference_cache_key(components)
+    cache_path = cache_file(cache_dir, key) if cache_dir is not None else None
+    n_resp = _num_responses(dataset)
+
+    def lookup():
+        """(values, manifest) of a verified entry, or (None, what was wrong with the file or None)."""
+        if cache_path is None or overwrite:
+            return None, None
+        try:
+            return read_cache(cache_path, key=key, k_per_row=n_resp)
+        except FileNotFoundError:
+            return None, None
+        except CacheProblem as e:
+            if on_miss == "raise":
+                raise CacheProblem(
+                    cache_path,
+                    f"{e.what}; not recomputed (on_miss='raise'): fill the cache again "
+                    "(scale/train.py --precompute_reference_only true, on a single-GPU or DDP config)",
+                ) from None
+            logger.warning("%s; recomputing it", e)
+            return None, e.what
+
+    values, found = _collective(accelerator, lookup, main_only=True)
+    if values is not None:
+        info = {**found.get("run", {}), "cache_hit": True, "cache_path": str(cache_path), "key": key}
+        info["components"], info["repaired"] = components, None
+        logger.info("reference log-probs: cache hit %s (%d rows)", cache_path, len(values))
+        return ReferenceLogps(_attach(dataset, values), info)
+    repaired = found
+
+    if on_miss == "raise":
+        raise FileNotFoundError(
+            f"cache_dir: no reference log-probs cached for this data/model/dtype (expected {cache_path}); "
+            "fill the cache first (scale/train.py --precompute_reference_only true, on a single-GPU or DDP config)"
+        )
+
+    def check_weights():
+        part = partitioned_parameter(model)
+        if part is not None:
+            raise ValueError(
+                f"model: parameter {part[0]!r} is {part[1]}: the reference forward cannot run before the "
+                f"model is prepared; fill the cache first (expected {cache_path}) with "
+                "scale/train.py --precompute_reference_only true on a single-GPU or DDP config"
+            )
+
+    _collective(accelerator, check_weights, main_only=False)
+    lo, hi = _my_rows(len(n_resp), batch_size, n_proc, index) if n_proc > 1 else (0, len(n_resp))
+    rows = dataset if (lo, hi) == (0, len(n_resp)) else _row_range(dataset, lo, hi)
+    show = progress and (accelerator is None or accelerator.is_main_process)
+
+    def forward_block():
+        return _forward_rows(
+            model,
+            rows,
+            collate_fn,
+            batch_size,
+            average=average,
+            path=path,
+            disable_adapter=disable_adapter,
+            progress=show,
+        )
+
+    blocks = _collective(accelerator, forward_block, main_only=False)
+    values = [v for block in blocks for v in block[0]]
+    n_seq, n_tok = sum(b[1] for b in blocks), sum(b[2] for b in blocks)
+    seconds = max(b[3] for b in blocks)  # the processes ran side by side
     if len(values) != len(n_resp) or any(len(v) != n for v, n in zip(values, n_resp)):
         raise ValueError("collate_fn: its output does not line up with the dataset's rows / responses")
     run = {
@@ -419,8 +440,9 @@ def precompute_reference_logps(
         "seconds": seconds,
         "sequences_per_s": n_seq / seconds if seconds > 0 else float("inf"),
         "tokens_per_s": n_tok / seconds if seconds > 0 else float("inf"),
-        "device": str(device),
+        "device": str(model_device(model)),
         "batch_size": batch_size,
+        "processes": n_proc,
     }
     logger.info(
         "reference log-probs: %d sequences, %d tokens in %.2fs (%.1f seq/s, %.0f tok/s)",
@@ -431,9 +453,10 @@ def precompute_reference_logps(
         run["tokens_per_s"],
     )
     if cache_path is not None:
-        _save_cache(cache_path, values, {"key": key, "components": components, "run": run})
+        manifest = {"key": key, "components": components, "run": run}
+        _collective(accelerator, lambda: write_cache(cache_path, values, manifest), main_only=True)
     info = {**run, "cache_hit": False, "cache_path": str(cache_path) if cache_path else None, "key": key}
-    info["components"] = components
+    info["components"], info["repaired"] = components, repaired
     return ReferenceLogps(_attach(dataset, values), info)
 
 
@@ -459,10 +482,12 @@ class Reference:
 class PrecomputedReference(Reference):
     """``reference: precompute``: a ``ref_logps`` column computed before training, cached on disk.
 
-    Process r computes shard r (a cache miss runs the forward), then every process reads every
-    shard from the cache, so the cache folder (``ref_cache_dir``) must be visible to all. Under
-    ZeRO-3 the weights are partitioned before any forward could run here: the cache must have been
-    filled by a ``--precompute_reference_only true`` run first (a miss raises)."""
+    One cache file per split for the whole dataset, keyed independently of the launch: the model
+    by :func:`model_identity` (the files on disk or the Hub commit, never the live, possibly
+    sharded tensors), the data by all its rows. On a miss, process r runs the forward over its
+    block of batches; the main process writes the file; every process gets every row. Under ZeRO-3
+    the weights are partitioned before any forward could run here: the cache must have been filled
+    by a ``--precompute_reference_only true`` run (any launch: a plain or DDP one) first (a miss raises)."""
 
     mode = "precompute"
 
@@ -470,7 +495,8 @@ class PrecomputedReference(Reference):
         self.cfg, self.accelerator = cfg, accelerator
 
     def prepare(self, model, train_ds, eval_ds, *, collate, tokenizer):
-        model_id = hub_model_id(self.cfg) or model_fingerprint(model)  # hashed once for both splits
+        # once for both splits, on the main process (it may read every weight file)
+        model_id = _collective(self.accelerator, lambda: model_identity(self.cfg, model), main_only=True)
         info = {}
         train_ds, info["train"] = self._precompute(model, train_ds, collate, tokenizer, model_id)
         if eval_ds is not None:
@@ -484,15 +510,14 @@ class PrecomputedReference(Reference):
 
     def _precompute(self, model, ds, collate, tokenizer, model_id: str):
         cfg, accelerator = self.cfg, self.accelerator
-        n = accelerator.num_processes
-        shards = [ds.shard(num_shards=n, index=i, contiguous=True) for i in range(n)] if n > 1 else [ds]
         zero3 = is_zero3(accelerator)
         kwargs = dict(
             batch_size=cfg.ref_batch_size or cfg.per_device_eval_batch_size,
             cache_dir=cfg.ref_cache_dir or str(Path(cfg.output_dir) / "ref_cache"),
             model_id=model_id,
             tokenizer=tokenizer,
-            # the base's identity beyond its name: the same hub id loaded in 4 bit is another reference
+            # the base's identity beyond its files: the same weights loaded in 4 bit, or run under
+            # another autocast or attention kernel, are another reference
             key_extra={
                 "max_length": cfg.max_length,
                 "max_prompt_length": cfg.max_prompt_length,
@@ -501,31 +526,25 @@ class PrecomputedReference(Reference):
                 "bnb": [cfg.bnb_4bit_quant_type, cfg.bnb_4bit_use_double_quant, cfg.bnb_4bit_compute_dtype]
                 if cfg.load_in_4bit
                 else None,
+                "autocast": str(getattr(accelerator, "mixed_precision", "no")),
+                "attn_implementation": cfg.attn_implementation,
             },
             average=cfg.average_logps,
             model_dtype=cfg.torch_dtype,  # the loading dtype: DeepSpeed may recast the weights in a later run
             on_miss="raise" if zero3 else "compute",
+            accelerator=accelerator,
+            progress=cfg.progress and accelerator.is_main_process,
         )
         if not cfg.load_in_4bit and not zero3 and next(model.parameters()).device != accelerator.device:
             model.to(accelerator.device)  # prepare() would move it there anyway
-        mine = accelerator.process_index if n > 1 else 0
-        show = cfg.progress and accelerator.is_main_process
         # the same autocast as the training forward (bf16 on GPU configs): policy == reference at
         # step 0 up to kernel noise, not up to a precision change
         with accelerator.autocast():
-            own = precompute_reference_logps(model, shards[mine], collate, progress=show, **kwargs)
-        accelerator.wait_for_everyone()
-        outs = [
-            own if i == mine else precompute_reference_logps(model, s, collate, **kwargs)
-            for i, s in enumerate(shards)
-        ]
-        import datasets
-
-        full = datasets.concatenate_datasets([o.dataset for o in outs]) if n > 1 else own.dataset
-        info = {k: outs[0].info[k] for k in ("cache_path", "key") if k in outs[0].info}
-        info["shards"] = len(outs)
-        info["seconds"] = sum(float(o.info.get("seconds", 0.0)) for o in outs)
-        return full, info
+            out = precompute_reference_logps(model, ds, collate, **kwargs)
+        info = {k: out.info[k] for k in ("cache_path", "key", "cache_hit", "repaired")}
+        info["shards"] = accelerator.num_processes  # processes that shared the forward (on a miss)
+        info["seconds"] = float(out.info.get("seconds", 0.0))
+        return out.dataset, info
 
 
 class AdapterReference(Reference):
@@ -580,9 +599,26 @@ def is_zero3(accelerator) -> bool:
     return plugin is not None and getattr(plugin, "zero_stage", None) == 3
 
 
-def hub_model_id(cfg: TrainConfig) -> str | None:
-    """A cheap cache identity for hub models (``name@revision``); None for local folders, whose
-    weights are hashed instead (:func:`model_fingerprint`)."""
-    if Path(cfg.model_name_or_path).exists():
-        return None
-    return f"{cfg.model_name_or_path}@{cfg.model_revision or 'main'}"
+def model_identity(cfg: TrainConfig, model=None) -> str:
+    """The reference cache's identity of the run's model, the same however the weights are later
+    sharded (ZeRO-3 / FSDP) and however many processes run: a local folder by its files
+    (:func:`model_files_fingerprint`: ``config.json`` + weight files), a Hub model by its resolved
+    commit (:func:`hub_model_identity`, never ``main``). Only when neither is available (a folder
+    without weight files, an unresolvable Hub revision) the live weights are hashed
+    (:func:`model_fingerprint`, which refuses partitioned weights)."""
+    name = cfg.model_name_or_path
+    if Path(name).is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            return model_files_fingerprint(name)
+    elif not Path(name).exists():
+        found = hub_model_identity(name, cfg.model_revision)
+        if found is not None:
+            return found
+        logger.warning(
+            "model_name_or_path: could not resolve %s@%s to a commit; the reference cache is keyed by the loaded weights",
+            name,
+            cfg.model_revision or "main",
+        )
+    if model is None:
+        raise ValueError(f"model_name_or_path: no identity for {name!r} without the loaded model")
+    return model_fingerprint(model)
