@@ -49,7 +49,10 @@ def auto_chunk_size(vocab_size: int, budget_elements: int = _CHUNK_ELEMENTS) -> 
     return int(max(16, min(8192, budget_elements // max(1, vocab_size))))
 
 
-def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
+def _check_logits_labels(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> None:
+    """Shapes and dtypes, and every label a token id of the vocabulary or ``ignore_index`` (one host sync)."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"logits: expected a tensor of shape [N, T, V], got {got}")
@@ -63,6 +66,14 @@ def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if labels.dtype not in (torch.int64, torch.int32):
         raise TypeError(
             f"labels: expected an integer (int64) tensor of token ids / {IGNORE_INDEX}, got {labels.dtype}"
+        )
+    vocab = logits.shape[-1]
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+    if bool(bad.any()):
+        where = torch.nonzero(bad)[0].tolist()
+        raise ValueError(
+            f"labels: expected token ids in [0, {vocab}) or {ignore_index} (ignored), "
+            f"got {labels[tuple(where)].item()} at [n, t] = {where}"
         )
 
 
@@ -94,7 +105,7 @@ def token_logps_naive(
 
     The reference implementation the lean paths are tested against.
     """
-    _check_logits_labels(logits, labels)
+    _check_logits_labels(logits, labels, ignore_index)
     targets, mask = _shift(labels, ignore_index)
     logp = F.log_softmax(logits[:, :-1].to(_acc_dtype(logits)), dim=-1)
     tok = torch.gather(logp, 2, targets.unsqueeze(-1)).squeeze(-1)
@@ -154,7 +165,7 @@ def token_logps(
     ``[chunk_size, V]`` fp32 block besides the logits themselves and their gradient.
     ``chunk_size`` (tokens) defaults to :func:`auto_chunk_size` of V.
     """
-    _check_logits_labels(logits, labels)
+    _check_logits_labels(logits, labels, ignore_index)
     targets, mask = _shift(labels, ignore_index)
     n, t1, v = logits.shape[0], logits.shape[1] - 1, logits.shape[2]
     chunk_size = auto_chunk_size(v) if chunk_size is None else check_int("chunk_size", chunk_size, 1)

@@ -6,10 +6,14 @@
         --reward <reward model> --out data/onpolicy.jsonl
 
 then train on it: scale/train.py --dataset_name out/onpolicy/train.jsonl ... (the on-policy loop).
-A thin entry point to :func:`ncakit.scale.generate.main`; `--help` lists the options.
+A thin entry point to :func:`ncakit.scale.generate.cli`; `--help` lists the options. A bad
+argument or input stops with one line before any model is loaded; `--debug true` (or the
+environment variable NCAKIT_DEBUG=1) shows the full traceback instead.
 """
 
-from ncakit.scale.generate import main
+import sys
+
+from ncakit.scale.generate import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -4,17 +4,23 @@
         --config scale/recipes/tiny-cpu.yaml --output_dir out/scale-demo
 
 `python scale/train.py --help` lists every key; see scale/README.md for the recipes and the launch matrix.
+A bad configuration, bad data or a full disk stops with one line; `--debug true` (or the environment
+variable NCAKIT_DEBUG=1) shows the full traceback instead.
 """
 
+import errno
 import sys
 
+from ncakit.scale.config import debug_requested
 from ncakit.scale.train import main
 
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, TypeError) as err:  # configuration and data errors: one clear line, no traceback
-        if "--debug" in sys.argv:
-            raise
-        print(f"scale/train.py: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as err:  # configuration, data and disk errors: one line
+        if debug_requested() or (isinstance(err, OSError) and err.errno != errno.ENOSPC):
+            raise  # --debug true / NCAKIT_DEBUG=1 show the traceback; other OS errors keep theirs
+        where = f" writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
+        message = f"no space left on device{where}" if isinstance(err, OSError) else str(err)
+        print(f"scale/train.py: error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -98,7 +98,7 @@ FIXTURE_EXPECTATIONS = [
         {},
         {2: 5},
     ),
-    ("trl_standard_explicit.jsonl", {}, "trl", 6, {}, {"all_responses_empty": 1}, {2: 5}),
+    ("trl_standard_explicit.jsonl", {}, "trl", 6, {"all_responses_empty": 1}, {}, {2: 5}),
     ("trl_standard_implicit.jsonl", {}, "trl", 6, {"bad_value": 1}, {}, {2: 5}),
     ("trl_conversational_explicit.jsonl", {}, "trl", 6, {"bad_type": 1}, {}, {2: 5}),
     ("trl_conversational_implicit.jsonl", {}, "trl", 6, {"missing_field": 1}, {}, {2: 5}),
@@ -107,18 +107,30 @@ FIXTURE_EXPECTATIONS = [
         {},
         "canonical",
         11,
-        {"k_mismatch": 1, "non_finite_reward": 1, "too_few_responses": 1, "empty_prompt": 1},
-        {"all_responses_empty": 1},
-        {2: 2, 3: 1, 4: 3},
+        {
+            "k_mismatch": 1,
+            "non_finite_reward": 1,
+            "too_few_responses": 1,
+            "empty_prompt": 1,
+            "all_responses_empty": 1,
+        },
+        {},
+        {2: 2, 3: 2, 4: 2},  # row 5's empty response is dropped and counted at load: K 4 -> 3
     ),
     (
         "canonical.parquet",
         {},
         "canonical",
         11,
-        {"k_mismatch": 1, "non_finite_reward": 1, "too_few_responses": 1, "empty_prompt": 1},
-        {"all_responses_empty": 1},
-        {2: 2, 3: 1, 4: 3},
+        {
+            "k_mismatch": 1,
+            "non_finite_reward": 1,
+            "too_few_responses": 1,
+            "empty_prompt": 1,
+            "all_responses_empty": 1,
+        },
+        {},
+        {2: 2, 3: 2, 4: 2},  # row 5's empty response is dropped and counted at load: K 4 -> 3
     ),
     ("canonical_chat.json", {}, "canonical", 6, {"non_finite_reward": 1}, {}, {2: 2, 3: 2, 4: 1}),
 ]
@@ -495,19 +507,24 @@ def test_tokenize_drops_are_counted_and_warned(plain_tok):
         {"prompt": "copy: ab", "responses": ["", " "], "rewards": [1.0, 0.0]},  # all_responses_empty
         {"prompt": "copy: cd", "responses": [" cd", " dc"], "rewards": [1.0, float("nan")]},  # non_finite
         {"prompt": "copy: ef", "responses": [" ef"], "rewards": [1.0]},  # too_few_responses
-        {"prompt": "copy: gh", "responses": [" gh", ""], "rewards": [1.0, 0.0]},  # one empty: kept
+        {"prompt": "copy: gh", "responses": [" gh", ""], "rewards": [1.0, 0.0]},  # 1 left: too_few
+        {"prompt": "copy: ij", "responses": [" ij", "  ", " ji"], "rewards": [1.0, 0.5, 0.0]},  # kept, K = 2
     ]
-    with pytest.warns(DroppedExamplesWarning, match="3 dropped") as rec:
+    with pytest.warns(DroppedExamplesWarning, match="4 dropped") as rec:
         ds, stats = data.tokenize_k_dataset(rows, plain_tok, max_length=32, max_prompt_length=16)
-    assert stats.dropped == {"all_responses_empty": 1, "non_finite_reward": 1, "too_few_responses": 1}
-    assert stats.rows_in == 5 and stats.rows_kept == 2 == len(ds)
+    assert stats.dropped == {"all_responses_empty": 1, "non_finite_reward": 1, "too_few_responses": 2}
+    assert stats.responses_dropped == {"empty_response": 1}
+    assert stats.rows_in == 6 and stats.rows_kept == 2 == len(ds)
     assert stats.k_counts == {2: 1, 3: 1}
     msg = str(rec[0].message)
-    assert "1 x all_responses_empty" in msg and "1 x too_few_responses" in msg
-    assert ds[1]["response_ids"][1] == [plain_tok.eos_token_id], "an empty response is just EOS"
+    assert "1 x all_responses_empty" in msg and "2 x too_few_responses" in msg
+    assert "1 responses x empty_response" in msg
+    eos = plain_tok.eos_token_id
+    assert all(r != [eos] for row in ds["response_ids"] for r in row), "never a lone-EOS response"
+    assert ds[1]["rewards"] == [1.0, 0.0], "the removed response's reward goes with it"
     assert set(ds.column_names) == {"prompt_ids", "response_ids", "rewards", "max_seq_len"}
     # a response budget of 0 tokens cannot happen (max_prompt_length < max_length is enforced);
-    # without an EOS token an empty response has no tokens and is removed (counted)
+    # without an EOS token an empty response has no tokens and is removed (counted) just the same
     no_eos_rows = [
         {"prompt": "copy: gh", "responses": [" gh", ""], "rewards": [1.0, 0.0]},  # 1 left: too_few_responses
         {"prompt": "copy: ab", "responses": [" ab", "", " ba"], "rewards": [1.0, 0.5, 0.0]},  # kept, K = 2
@@ -687,3 +704,76 @@ def test_to_pairwise_rules_ties_and_counts():
         data.to_pairwise(rows, "best_vs_best")
     with pytest.raises(ValueError, match="^rewards: column missing"):
         data.to_pairwise([{"prompt": "p", "responses": ["a", "b"]}])
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 14, item 8: empty responses and float32-overflowing rewards never reach training
+# ----------------------------------------------------------------------------------------------
+
+
+def test_load_drops_and_counts_empty_responses():
+    rows = [
+        {"prompt": "p1", "responses": ["a", "", "b"], "rewards": [1.0, 2.0, 0.0]},  # kept with K = 2
+        {"prompt": "p2", "responses": ["a", " \n"], "rewards": [1.0, 0.0]},  # 1 left: too_few_responses
+        {"prompt": "p3", "responses": ["", "  "], "rewards": [1.0, 0.0]},  # none left
+        {"prompt": "p4", "responses": ["x", "y"], "rewards": [1.0, 0.0]},
+    ]
+    with pytest.warns(DroppedExamplesWarning, match="empty_response"):
+        ds, stats = data.canonicalize(rows, "canonical")
+    assert stats.dropped == {"too_few_responses": 1, "all_responses_empty": 1}
+    assert stats.responses_dropped == {"empty_response": 1}
+    assert ds[0]["responses"] == ["a", "b"] and ds[0]["rewards"] == [1.0, 0.0], "rewards follow responses"
+    assert stats.k_counts == {2: 2}
+    chat = [
+        {
+            "prompt": [{"role": "user", "content": "hi"}],
+            "responses": [[{"role": "assistant", "content": ""}], [{"role": "assistant", "content": "a"}]]
+            + [[{"role": "assistant", "content": "b"}]],
+            "rewards": [3.0, 1.0, 0.0],
+        }
+    ]
+    ds, stats = data.canonicalize(chat, "canonical", warn=False)
+    assert stats.responses_dropped == {"empty_response": 1} and ds[0]["rewards"] == [1.0, 0.0]
+
+
+def test_prepare_counts_empty_responses_once(plain_tok):
+    rows = [{"prompt": "copy: ab", "responses": [" ab", "", " ba"], "rewards": [1.0, 0.5, 0.0]}]
+    with pytest.warns(DroppedExamplesWarning):
+        ds, stats = data.prepare_k_dataset(rows, plain_tok, max_length=32, max_prompt_length=16)
+    assert stats.responses_dropped == {"empty_response": 1}
+    assert len(ds[0]["response_ids"]) == 2
+
+
+@pytest.mark.parametrize("bad", [1e39, -1e39, 3.5e38, float("inf"), float("nan")])
+def test_rewards_overflowing_float32_are_dropped_at_load(bad):
+    rows = [
+        {"prompt": "p", "responses": ["a", "b"], "rewards": [bad, 0.0]},
+        {"prompt": "q", "responses": ["a", "b"], "rewards": [3.0e38, 0.0]},  # fits float32: kept
+    ]
+    with pytest.warns(DroppedExamplesWarning, match="non_finite_reward"):
+        ds, stats = data.canonicalize(rows, "canonical")
+    assert stats.dropped == {"non_finite_reward": 1} and len(ds) == 1
+    assert "rewards[0]" in stats.examples["non_finite_reward"]
+    with pytest.raises(data.ExampleError, match=r"^rewards\[0\]: expected a (finite )?number"):
+        data.from_canonical(rows[0])
+
+
+def test_tokenless_response_is_dropped_not_trained_as_eos(plain_tok):
+    eos = plain_tok.eos_token
+    row = {"prompt": "copy: ab", "responses": [" ab", eos, " ba"], "rewards": [1.0, 0.5, 0.0]}
+    out = data.tokenize_k_example(row, plain_tok, max_length=32, max_prompt_length=16)
+    assert out["responses_removed"] == 1 and out["rewards"] == [1.0, 0.0]
+    assert all(r != [plain_tok.eos_token_id] for r in out["response_ids"])
+
+
+def test_local_path_errors_name_the_input(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="^name_or_path: expected K-response examples in .*empty file"):
+        data.load_k_dataset(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(
+        ValueError, match="^name_or_path: expected an existing local file.*not looked up on the Hub"
+    ):
+        data.load_k_dataset("./no/such/train.jsonl")
+    (tmp_path / "one.jsonl").write_text('{"prompt": "p", "responses": ["a", "b"], "rewards": [1, 0]}\n')
+    with pytest.raises(ValueError, match="^max_rows: expected a positive int"):
+        data.load_k_dataset(str(tmp_path / "one.jsonl"), max_rows=0)

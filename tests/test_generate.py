@@ -144,3 +144,154 @@ def test_on_policy_round_generate_then_train(kit, tmp_path):
     assert len(losses) == 2 and losses[0] == pytest.approx(2 * math.log(2), abs=1e-5)  # policy = reference
     # sampled answers can tie on reward; ties still train (NCA reads soft labels)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["k"] == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 14, item 8: every argument checked before a model is loaded; atomic, incremental writes;
+# an existing tiny kit is reused as is, never rebuilt
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Any model load fails the test: the errors below must come before one."""
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(tinylm, "ensure_tiny_kit", boom)
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--k", "1"], "^k: expected an int >= 2"),
+        (["--max_prompts", "0"], "^max_prompts: expected an int >= 1"),
+        (["--batch_size", "0"], "^batch_size: expected an int >= 1"),
+        (["--rm_batch_size", "0"], "^rm_batch_size: expected an int >= 1"),
+        (["--temperature", "0"], "^temperature: expected a finite value > 0"),
+        (["--temperature", "nan"], "^temperature: expected a finite value > 0"),
+        (["--top_p", "1.5"], r"^top_p: expected a value in \(0, 1\]"),
+        (["--max_new_tokens", "0"], "^max_new_tokens: expected an int >= 1"),
+        (["--prompts", "./no/such/prompts.jsonl"], "^prompts: expected an existing local file"),
+        (["--reward", "math:sqrt"], r"^reward: expected fn\(prompt, response\)"),
+    ],
+)
+def test_main_checks_arguments_before_loading_a_model(extra, match, tmp_path, no_model_loading):
+    with pytest.raises(ValueError, match=match):
+        generate.main(["--out", str(tmp_path / "o.jsonl"), "--max_prompts", "2", *extra])
+    assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_out_path_is_checked_first(tmp_path, no_model_loading):
+    (tmp_path / "taken.jsonl").write_text("keep me\n")
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (str(tmp_path / "o.csv"), "^out: expected a file name ending in .jsonl, .json or .parquet"),
+        (str(tmp_path), "^out: expected a .jsonl, .json or .parquet file path, got the folder"),
+        (str(tmp_path / "taken.jsonl"), "^out: expected a new file, got the existing .*--overwrite true"),
+        (str(tmp_path / "afile" / "o.jsonl"), "^out: expected a folder to write into.*is a file"),
+        ("", "^out: expected a .jsonl, .json or .parquet file path, got ''"),
+    ]
+    for out, match in cases:
+        with pytest.raises(ValueError, match=match):
+            generate.main(["--out", out])
+    assert (tmp_path / "taken.jsonl").read_text() == "keep me\n"
+
+
+def test_a_crash_mid_generation_leaves_nothing_half_written(kit, tmp_path):
+    out = tmp_path / "gen.jsonl"
+    out.write_text("the old file\n")
+    calls = {"n": 0}
+
+    def flaky(prompt, response):
+        calls["n"] += 1
+        if calls["n"] > 1 + 4:  # the one-example check, then the first batch (1 prompt x 4)
+            raise RuntimeError("the reward server went away")
+        return 0.5
+
+    with pytest.raises(RuntimeError, match="went away"):
+        generate.generate_k_dataset(
+            kit.model, kit.tokenizer, PROMPTS, flaky, out, k=4, max_new_tokens=4, batch_size=1
+        )
+    assert out.read_text() == "the old file\n", "the old file is untouched"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.jsonl"], "no temporary file is left"
+
+
+def test_batches_written_incrementally_give_the_same_rows(kit, tmp_path):
+    kw = dict(k=3, max_new_tokens=5, seed=7)
+    one, _ = generate.generate_k_dataset(
+        kit.model,
+        kit.tokenizer,
+        PROMPTS,
+        "ncakit.scale.tinylm:reward",
+        tmp_path / "a.jsonl",
+        batch_size=3,
+        **kw,
+    )
+    many, _ = generate.generate_k_dataset(
+        kit.model,
+        kit.tokenizer,
+        PROMPTS,
+        "ncakit.scale.tinylm:reward",
+        tmp_path / "b.jsonl",
+        batch_size=1,
+        **kw,
+    )
+    whole = generate.sample_k_responses(kit.model, kit.tokenizer, PROMPTS[1:], batch_size=1, **kw)
+    assert [r[0]["content"] for r in many[1]["responses"]] != [] and len(whole) == 2
+    assert (tmp_path / "b.jsonl").read_text().count("\n") == 3
+    assert [len(r["responses"]) for r in one] == [3, 3, 3] == [len(r["responses"]) for r in many]
+
+
+def test_full_disk_is_named(kit, tmp_path, monkeypatch):
+    from ncakit.scale.data import load as load_mod
+
+    def full(path):
+        return open("/dev/full", "w"), tmp_path / "never-created.partial"
+
+    monkeypatch.setattr(load_mod, "_open_temp", full)
+    out = tmp_path / "gen.jsonl"
+    with pytest.raises(OSError, match=f"^no space left on device writing {out}$"):
+        generate.generate_k_dataset(
+            kit.model, kit.tokenizer, PROMPTS[:1], "ncakit.scale.tinylm:reward", out, k=2, max_new_tokens=2
+        )
+    with pytest.raises(OSError, match="^no space left on device writing .*x.json$"):
+        data.save_k_dataset(
+            [{"prompt": "p", "responses": ["a", "b"], "rewards": [1, 0]}], tmp_path / "x.json"
+        )
+    assert not out.exists()
+
+
+def test_an_existing_tiny_kit_is_reused_never_rebuilt(kit, tmp_path):
+    before = {p.name: p.stat().st_mtime_ns for p in kit.root.iterdir()}
+    rows, stats = generate.main(
+        ["--tiny_kit_dir", str(kit.root), "--max_prompts", "2", "--k", "2", "--max_new_tokens", "3",
+         "--out", str(tmp_path / "o.jsonl")]
+    )  # fmt: skip
+    assert stats["prompts"] == 2
+    assert {p.name: p.stat().st_mtime_ns for p in kit.root.iterdir()} == before, "the kit is untouched"
+    broken = tmp_path / "broken-kit"
+    broken.mkdir()
+    (broken / "kit.json").write_text('{"n_train": 8}')
+    with pytest.raises(ValueError, match="^tiny_kit_dir: expected a complete tiny kit .* not rebuilt"):
+        generate.main(["--tiny_kit_dir", str(broken), "--out", str(tmp_path / "p.jsonl")])
+    (tmp_path / "kitfile").write_text("")
+    with pytest.raises(ValueError, match="^tiny_kit_dir: expected a folder"):
+        generate.main(["--tiny_kit_dir", str(tmp_path / "kitfile"), "--out", str(tmp_path / "p.jsonl")])
+
+
+def test_cli_prints_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    assert generate.cli(["--k", "1", "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "scale/generate.py: error: k: expected an int >= 2 (responses per prompt: a comparison needs two), got 1"
+    ]
+    with pytest.raises(ValueError, match="^k: "):
+        generate.cli(["--k", "1", "--out", str(tmp_path / "o.jsonl"), "--debug", "true"])
+    monkeypatch.setenv("NCAKIT_DEBUG", "1")
+    with pytest.raises(ValueError, match="^k: "):
+        generate.cli(["--k", "1", "--out", str(tmp_path / "o.jsonl")])

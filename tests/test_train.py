@@ -564,13 +564,35 @@ def test_tinylm_is_resolved_once_into_plain_local_paths(small_kit, tmp_path):
 
 
 def test_a_non_finite_loss_stops_the_run_at_the_step():
-    """The once-per-step check: the step's loss finiteness travels in the stop flag's reduce."""
+    """The once-per-step check, before the optimizer step: the step's loss finiteness and the grad
+    norm travel in the stop flag's reduce; the message names the step, the rows and the values."""
     from types import SimpleNamespace
 
     from ncakit.scale.checkpoint import StopFlag, TrainState
 
-    acc = SimpleNamespace(reduce=lambda t, op: t)
-    run_ = SimpleNamespace(accelerator=acc, state=TrainState(global_step=7))
-    assert trainmod.should_stop(run_, StopFlag(), torch.tensor(False)) is False
-    with pytest.raises(ValueError, match="^loss: not finite at step 7"):
-        trainmod.should_stop(run_, StopFlag(), torch.tensor(True))
+    def run_(bad: bool):
+        return SimpleNamespace(
+            accelerator=SimpleNamespace(reduce=lambda t, op: t),
+            state=TrainState(global_step=6),
+            cfg=SimpleNamespace(on_nonfinite="stop"),
+            stop=StopFlag(),
+            stop_requested=False,
+            nonfinite=torch.tensor(bad),
+            step_rows=[
+                (
+                    3,
+                    torch.tensor([1.0, float("nan") if bad else 2.0]),
+                    torch.tensor([[1.0, 0.0], [0.5, 0.25]]),
+                )
+            ],
+        )
+
+    assert trainmod.check_step(run_(False), torch.tensor(0.5)) is True
+    with pytest.raises(
+        ValueError,
+        match=r"^loss: not finite at step 7 \(epoch 0; micro-batch 3 row 1: loss nan, rewards \[0.5, 0.25\]; grad_norm nan\)",
+    ):
+        trainmod.check_step(run_(True), torch.tensor(float("nan")))
+    # a finite loss with a non-finite gradient norm stops too
+    with pytest.raises(ValueError, match=r"^loss: not finite at step 7 .*grad_norm inf"):
+        trainmod.check_step(run_(False), torch.tensor(float("inf")))

@@ -212,3 +212,78 @@ def test_accelerate_configs_load_in_accelerate(path):
         # the recipe's gradient_accumulation_steps must win: the config must not set one
         assert "gradient_accumulation_steps" not in cfg.deepspeed_config
     assert cfg.use_cpu == (path.stem == "cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 14, item 9: every error names the input, in one line, before anything is loaded
+# ----------------------------------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_names_the_recipe_and_line(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("loss: nca\nbeta: 0.1\nloss_kwargs: {alpha: 0.1\nseed: 1\n")
+    with pytest.raises(ValueError) as info:
+        parse_config(["--config", str(recipe)])
+    msg = str(info.value)
+    assert msg.startswith(f"config: expected a YAML mapping of key: value in {recipe}, line ")
+    assert "<unicode string>" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf"])
+def test_non_finite_floats_are_refused(value):
+    # nan passes every `< 0` check: --max_grad_norm nan silently turned clipping off
+    with pytest.raises(ValueError, match=f"^max_grad_norm: expected a finite float, got '{value}'"):
+        parse_config(["--max_grad_norm", value])
+
+
+def test_debug_is_accepted_and_documented(monkeypatch, capsys):
+    from ncakit.scale.config import debug_requested
+
+    assert parse_config(["--debug", "true", "--seed", "3"]).seed == 3
+    assert parse_config(["--debug", "--seed", "3"]).seed == 3
+    assert parse_config(["--debug=false"]).seed == TrainConfig().seed
+    assert (
+        debug_requested(["--debug"])
+        and debug_requested(["--debug", "true"])
+        and debug_requested(["--debug=1"])
+    )
+    assert not debug_requested(["--debug", "false"]) and not debug_requested([])
+    monkeypatch.setenv("NCAKIT_DEBUG", "1")
+    assert debug_requested([])
+    assert "--debug" in config_help() and "NCAKIT_DEBUG" in config_help()
+
+
+def test_train_entry_point_one_line_and_debug_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(REPO / "scale" / "train.py"), "--max_grad_norm", "nan"]
+    one = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert one.returncode == 2
+    assert one.stderr.strip().splitlines() == [
+        "scale/train.py: error: max_grad_norm: expected a finite float, got 'nan'"
+    ]
+    full = subprocess.run(
+        [*cmd, "--debug", "true"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert full.returncode != 0 and "Traceback (most recent call last)" in full.stderr
+
+
+def test_paths_are_checked_before_loading(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="^output_dir: expected a folder path, got ''"):
+        parse_config(["--output_dir", ""])
+    with pytest.raises(ValueError, match="^output_dir: expected a folder, got the existing file"):
+        parse_config(["--output_dir", str(tmp_path / "a-file")])
+    with pytest.raises(
+        ValueError, match="^dataset_name: expected an existing local file.*not looked up on the Hub"
+    ):
+        parse_config(["--dataset_name", str(tmp_path / "trian.jsonl")])
+    with pytest.raises(ValueError, match="^max_train_samples: expected a positive int"):
+        parse_config(["--max_train_samples", "0"])
+    # hub ids and existing local files pass
+    (tmp_path / "train.jsonl").write_text("")
+    assert parse_config(["--dataset_name", str(tmp_path / "train.jsonl")]).dataset_name.endswith(
+        "train.jsonl"
+    )
+    assert parse_config(["--dataset_name", "HuggingFaceH4/ultrafeedback_binarized"]).dataset_schema == "auto"

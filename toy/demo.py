@@ -123,8 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     try:
         device = torch.device(args.device)
-    except RuntimeError as e:
-        parser.error(f"--device: {e}")
+    except RuntimeError:
+        parser.error(f"--device: expected a torch device such as cpu, cuda or cuda:0, got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
     return args

@@ -1,23 +1,38 @@
-"""Checkpoints of a ``scale/train.py`` run: save, find, resume, the final model, and stopping on a signal.
+"""Checkpoints of a ``scale/train.py`` run: save, find, verify, resume, the final model, stopping on a signal.
 
-- :func:`save_checkpoint` -- ``accelerator.save_state`` (model, optimizer, RNG, the registered
-  scheduler) + ``trainer_state.json`` (:class:`TrainState`: step, epoch, batches consumed) under
-  ``<output_dir>/checkpoints/step_NNNNNN``; periodic saves keep the newest ``save_total_limit``.
-- :func:`resolve_resume` / :func:`load_checkpoint` -- ``--resume_from latest`` or a folder: restore
-  the accelerator state and the :class:`TrainState` (the loop then skips the consumed batches with
-  ``accelerator.skip_first_batches``).
+- :func:`save_checkpoint` -- ``accelerator.save_state`` (model, optimizer, RNG) + ``trainer_state.json``
+  (:class:`TrainState`: step, epoch, batches consumed) + ``ncakit_state.json`` (the run's fingerprint,
+  the accepted changes, the lr scheduler's state, as JSON) into a temporary folder next to
+  ``<output_dir>/checkpoints/step_NNNNNN``; every file is fsync-ed, the completion marker ``COMPLETE``
+  (a manifest: size of every file, sha256 of the small ones) is written last, then the folder is
+  renamed into place (:func:`commit_dir`; an existing checkpoint of the same step is swapped out by two
+  renames that :func:`recover_checkpoints` completes after a crash). Periodic saves keep the newest
+  ``save_total_limit``.
+- :func:`list_checkpoints` / :func:`resolve_resume` -- complete checkpoints only (marker present,
+  sizes as recorded); ``--resume_from latest`` or a folder.
+- :func:`verify_checkpoint` -- before anything is loaded: the manifest's sizes and checksums, no
+  pickle file the manifest does not list, and every small pickle loadable with ``weights_only=True``
+  (accelerate loads the model from safetensors and the optimizer with ``weights_only=True``; its RNG
+  load would swallow a refused file, hence the check). Nothing in a checkpoint can run code.
+- :func:`load_checkpoint` -- the accelerator state, the :class:`TrainState` and the scheduler state.
 - :func:`save_final` -- the model (or the LoRA adapter) + tokenizer to ``<output_dir>/final``, and
   with ``merge_lora`` the adapter merged into the base weights (``final/merged``).
-- :class:`StopFlag` -- SIGTERM / SIGINT set a flag; the loop finishes the optimizer step, saves a
-  checkpoint and stops.
+- :class:`StopFlag` -- SIGTERM / SIGINT / SIGUSR1 set a flag; the loop finishes the optimizer step,
+  saves a checkpoint and stops. :func:`follow_launcher` makes the death of ``accelerate launch`` /
+  ``torchrun`` (killed by a signal it does not forward) a SIGTERM to the training process.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
+import logging
+import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -30,80 +45,278 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT_DIR",
     "STATE_FILE",
+    "NCAKIT_STATE_FILE",
+    "COMPLETE_FILE",
     "TrainState",
     "list_checkpoints",
+    "is_complete",
     "resolve_resume",
+    "read_checkpoint_state",
+    "verify_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
+    "commit_dir",
+    "recover_checkpoints",
     "save_final",
     "StopFlag",
+    "follow_launcher",
+    "is_launcher",
 ]
 
+logger = logging.getLogger("ncakit.scale.checkpoint")
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
+NCAKIT_STATE_FILE = "ncakit_state.json"
+COMPLETE_FILE = "COMPLETE"
+HASH_LIMIT = 64 << 20  # files up to 64 MiB get a sha256 in the manifest (RNG, scheduler, small models)
+PICKLE_SUFFIXES = (".pkl", ".bin", ".pt", ".pth")
 
 
 @dataclass
 class TrainState:
     """Where the loop is. ``batches_in_epoch`` counts this process's micro-batches of the current
-    epoch (the number to skip on resume)."""
+    epoch (the number to skip on resume); ``skipped_steps``: optimizer steps skipped as non-finite."""
 
     global_step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0
     max_steps: int = 0
     num_tokens: int = 0
+    skipped_steps: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Durable files and folders
+# ----------------------------------------------------------------------------------------------
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    with open(path, "w") as fh:
+        fh.write(json.dumps(payload, indent=2) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, dict]:
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != COMPLETE_FILE:
+            entry: dict[str, Any] = {"size": p.stat().st_size}
+            if entry["size"] <= HASH_LIMIT:
+                entry["sha256"] = _sha256(p)
+            files[str(p.relative_to(folder))] = entry
+    return files
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``final`` (same parent). An existing ``final`` is first
+    renamed aside to ``.<name>.old`` and deleted after the swap; a crash in between leaves both
+    complete folders, and :func:`recover_checkpoints` puts the new one in place."""
+    parent = final.parent
+    if final.exists():
+        old = parent / f".{final.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_path(parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+        _fsync_path(parent)
+
+
+def recover_checkpoints(output_dir: Path) -> None:
+    """After a crash inside :func:`save_checkpoint`: complete an interrupted swap (the new folder if
+    it was finished, else the old one) and delete unfinished temporary folders. Main process only."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return
+    for hidden in sorted(root.glob(".step_*")):
+        m = re.fullmatch(r"\.(step_\d+)\.(tmp|old)", hidden.name)
+        if m is None or not hidden.exists():
+            continue
+        final, tmp, old = root / m[1], root / f".{m[1]}.tmp", root / f".{m[1]}.old"
+        if not final.exists():
+            for candidate in (tmp, old):  # the newer first
+                if candidate.exists() and is_complete(candidate):
+                    logger.warning("checkpoint: completing the interrupted save of %s", final)
+                    os.replace(candidate, final)
+                    _fsync_path(root)
+                    break
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding, verifying and loading checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def is_complete(path: Path) -> bool:
+    """The save finished: the completion marker (written last) is there and readable. Whether the
+    files still match it is :func:`verify_checkpoint`'s check (a changed file is refused, naming it,
+    not silently skipped)."""
+    try:
+        return isinstance(json.loads((path / COMPLETE_FILE).read_text())["files"], dict)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """The complete checkpoints under ``<output_dir>/checkpoints``, oldest first."""
-    root = output_dir / CHECKPOINT_DIR
+    root = Path(output_dir) / CHECKPOINT_DIR
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if re.fullmatch(r"step_\d+", p.name) and (p / STATE_FILE).is_file()]
+    found = [p for p in root.iterdir() if re.fullmatch(r"step_\d+", p.name) and is_complete(p)]
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
 def resolve_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint folder ``cfg.resume_from`` names (``"latest"``: the newest one), or None."""
+    """The checkpoint folder ``cfg.resume_from`` names (``"latest"``: the newest complete one), or None."""
     if cfg.resume_from is None:
         return None
     if cfg.resume_from == "latest":
         found = list_checkpoints(Path(cfg.output_dir))
         if not found:
-            raise ValueError(
-                f"resume_from: 'latest' but no checkpoint under {Path(cfg.output_dir) / CHECKPOINT_DIR}"
-            )
+            root = Path(cfg.output_dir) / CHECKPOINT_DIR
+            partial = sorted(p.name for p in root.glob("step_*")) if root.is_dir() else []
+            why = f"; incomplete (no {COMPLETE_FILE} marker): {', '.join(partial)}" if partial else ""
+            raise ValueError(f"resume_from: 'latest' but no checkpoint under {root}{why}")
         return found[-1]
     path = Path(cfg.resume_from)
     if not (path / STATE_FILE).is_file():
         raise ValueError(f"resume_from: {path} is not a checkpoint folder (no {STATE_FILE})")
+    if not is_complete(path):
+        raise ValueError(
+            f"resume_from: {path} is incomplete (no {COMPLETE_FILE} marker matching its files: a save that "
+            f"did not finish, or a checkpoint of an older ncakit); use another checkpoint"
+        )
     return path
 
 
-def load_checkpoint(accelerator, path: Path, state: TrainState) -> None:
-    """Restore the accelerator state (model, optimizer, RNG, scheduler) and ``state`` from ``path``."""
-    accelerator.load_state(str(path))
+def read_checkpoint_state(path: Path) -> tuple[dict, dict]:
+    """``(trainer_state.json, ncakit_state.json)`` of a checkpoint (JSON only)."""
     saved = json.loads((path / STATE_FILE).read_text())
-    for key in ("global_step", "epoch", "batches_in_epoch", "num_tokens"):
+    extra_file = path / NCAKIT_STATE_FILE
+    extra = json.loads(extra_file.read_text()) if extra_file.is_file() else {}
+    return saved, extra
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Refuse (ValueError, one line) a checkpoint whose files differ from its manifest, that holds a
+    pickle the manifest does not list, or whose small pickles do not load with ``weights_only=True``.
+    Nothing is unpickled with code execution allowed."""
+    import pickle
+
+    try:
+        files = json.loads((path / COMPLETE_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"resume_from: {path}: unreadable {COMPLETE_FILE} manifest ({err})") from None
+    for name, entry in files.items():
+        f = path / name
+        if not f.is_file() or f.stat().st_size != entry["size"]:
+            raise ValueError(
+                f"resume_from: {f} is missing or changed since the checkpoint was written (size)"
+            )
+        if "sha256" in entry and _sha256(f) != entry["sha256"]:
+            raise ValueError(f"resume_from: {f} changed since the checkpoint was written (sha256 mismatch)")
+    for f in sorted(path.rglob("*")):
+        name = str(f.relative_to(path))
+        if f.is_file() and f.suffix in PICKLE_SUFFIXES and name not in files:
+            raise ValueError(
+                f"resume_from: {f} is not part of the checkpoint (not in its manifest); refusing to load it"
+            )
+    from accelerate.utils import load as safe_load  # torch.load(weights_only=True) + numpy's safe globals
+
+    for name, entry in files.items():
+        f = path / name
+        if f.suffix in PICKLE_SUFFIXES and entry["size"] <= HASH_LIMIT:
+            try:
+                safe_load(f, map_location="cpu")
+            except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(
+                    f"resume_from: {f} does not load as plain tensors/values (weights_only=True): {first}; refusing it"
+                ) from None
+
+
+def load_checkpoint(accelerator, path: Path, state: TrainState, lr_scheduler=None) -> dict:
+    """Restore the accelerator state (model, optimizer, RNG), ``state`` and the scheduler from ``path``
+    (verified first by :func:`verify_checkpoint`). Returns ``ncakit_state.json``."""
+    import pickle
+
+    try:
+        accelerator.load_state(str(path))
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(
+            f"resume_from: {path}: a state file does not load with weights_only=True: {first}"
+        ) from None
+    saved, extra = read_checkpoint_state(path)
+    for key in ("global_step", "epoch", "batches_in_epoch", "num_tokens", "skipped_steps"):
         setattr(state, key, int(saved.get(key, 0)))
+    if lr_scheduler is not None:
+        if "lr_scheduler" not in extra:
+            raise ValueError(f"resume_from: {path} has no lr scheduler state in {NCAKIT_STATE_FILE}")
+        lr_scheduler.load_state_dict(extra["lr_scheduler"])
     accelerator.print(f"resumed from {path} at step {state.global_step}")
+    return extra
 
 
-def save_checkpoint(accelerator, cfg: TrainConfig, state: TrainState, *, reason: str) -> Path:
-    """Save the run at ``state.global_step`` (all processes call it); ``reason`` is recorded, and
-    only ``"periodic"`` saves prune old checkpoints beyond ``cfg.save_total_limit``."""
-    path = Path(cfg.output_dir) / CHECKPOINT_DIR / f"step_{state.global_step:06d}"
-    accelerator.save_state(str(path))
+# ----------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    accelerator, cfg: TrainConfig, state: TrainState, *, reason: str, extra: dict | None = None
+) -> Path:
+    """Save the run at ``state.global_step`` atomically (all processes call it); ``reason`` is
+    recorded, ``extra`` goes to ``ncakit_state.json`` (JSON), and only ``"periodic"`` saves prune
+    old checkpoints beyond ``cfg.save_total_limit``."""
+    root = Path(cfg.output_dir) / CHECKPOINT_DIR
+    final = root / f"step_{state.global_step:06d}"
+    tmp = root / f".{final.name}.tmp"
     if accelerator.is_main_process:
-        payload = {**state.__dict__, "reason": reason, "time": time.time()}
-        (path / STATE_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_json(tmp / STATE_FILE, {**state.__dict__, "reason": reason, "time": time.time()})
+        _write_json(tmp / NCAKIT_STATE_FILE, extra or {})
+        for p in tmp.rglob("*"):  # every byte on disk before the marker says the folder is complete
+            if p.is_file():
+                _fsync_path(p)
+        _write_json(tmp / COMPLETE_FILE, {"step": state.global_step, "files": _manifest(tmp)})
+        _fsync_path(tmp)
+        commit_dir(tmp, final)
         if cfg.save_total_limit is not None and reason == "periodic":
-            old = [p for p in list_checkpoints(Path(cfg.output_dir)) if p != path]
+            old = [p for p in list_checkpoints(Path(cfg.output_dir)) if p != final]
             for p in old[: max(0, len(old) - (cfg.save_total_limit - 1))]:
                 shutil.rmtree(p, ignore_errors=True)
     accelerator.wait_for_everyone()
-    return path
+    return final
 
 
 def save_final(accelerator, cfg: TrainConfig, model, tokenizer) -> Path:
@@ -145,9 +358,11 @@ def _merge_adapter(cfg: TrainConfig, adapter_dir: Path) -> None:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT while the ``with`` block runs (main thread only); the loop checks it
-    after each optimizer step (all processes agree through a max-reduce), saves a checkpoint and
-    stops. A second SIGINT interrupts at once."""
+    """Set by SIGTERM / SIGINT / SIGUSR1 while the ``with`` block runs (main thread only); the loop
+    reads it once per optimizer step (all processes agree through a max-reduce), saves a checkpoint
+    after the step and stops. A second SIGINT interrupts at once."""
+
+    SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
     def __init__(self):
         self.requested = False
@@ -162,8 +377,10 @@ class StopFlag:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handler)
+            for name in self.SIGNALS:
+                if hasattr(signal, name):
+                    sig = getattr(signal, name)
+                    self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc):
@@ -171,3 +388,47 @@ class StopFlag:
             signal.signal(sig, prev)
         self._previous.clear()
         return False
+
+
+_LAUNCHER_MODULES = ("accelerate.commands.launch", "torch.distributed.run", "torch.distributed.launch")
+PR_SET_PDEATHSIG = 1
+
+
+def is_launcher(argv: list[str]) -> bool:
+    """``accelerate launch ...``, ``torchrun ...`` or ``python -m`` one of their modules."""
+    head = [os.path.basename(a) for a in argv[:3]]
+    return (
+        ("accelerate" in head and "launch" in argv[:4])
+        or "torchrun" in head
+        or any(a in _LAUNCHER_MODULES for a in argv[:4])
+    )
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def follow_launcher() -> bool:
+    """If this process was started by ``accelerate launch`` or ``torchrun`` (its parent's command
+    line says so; Linux only), ask the kernel for a SIGTERM when that parent dies
+    (``prctl(PR_SET_PDEATHSIG)``). ``accelerate launch`` with one process does not forward signals:
+    SIGTERM kills it and the trainer ran on; torchrun forwards SIGTERM / SIGINT / SIGHUP / SIGQUIT but
+    dies on others (SIGUSR1). With this, any signal that kills the launcher reaches the training
+    process as SIGTERM, which checkpoints and exits (:class:`StopFlag`). Returns True when set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    if not is_launcher(_cmdline(parent)):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        return False
+    if os.getppid() != parent:  # the launcher died before the request: act on it now
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True

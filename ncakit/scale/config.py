@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import sys
 import types
 import typing
@@ -28,7 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["TrainConfig", "parse_config", "load_yaml_config", "config_help", "coerce_value", "torch_dtype"]
+__all__ = [
+    "TrainConfig",
+    "parse_config",
+    "load_yaml_config",
+    "config_help",
+    "coerce_value",
+    "torch_dtype",
+    "debug_requested",
+    "check_inputs",
+]
 
 
 def torch_dtype(name: str):
@@ -189,6 +200,21 @@ class TrainConfig:
     resume_from: str | None = _f(
         None, "a checkpoint folder, or 'latest' (newest under <output_dir>/checkpoints)"
     )
+    resume_allow_changes: list[str] = _f(
+        [],
+        "run-fingerprint keys allowed to differ from the checkpoint's on resume, e.g. [learning_rate] "
+        "(logged and recorded in the next checkpoints); batch geometry can never change",
+    )
+    overwrite_output_dir: bool = _f(
+        False,
+        "start a fresh run in an output_dir that holds another run: its checkpoints, metrics and final "
+        "model are deleted (caches such as tinylm-kit and ref_cache are kept)",
+    )
+    on_nonfinite: Literal["stop", "skip"] = _f(
+        "stop",
+        "a non-finite loss or gradient norm: stop (nothing is saved; the step, rows and values are named) "
+        "or skip the optimizer step (weights unchanged; counted as skipped_steps in the metrics)",
+    )
     save_final: bool = _f(True, "save_pretrained the model (or adapter) and tokenizer to <output_dir>/final")
     merge_lora: bool = _f(
         False, "also write the adapter merged into the base weights to <output_dir>/final/merged"
@@ -253,11 +279,16 @@ class TrainConfig:
             raise ValueError("merge_lora: there is no adapter to merge without use_peft: true")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(f"save_total_limit: expected >= 1 or null, got {self.save_total_limit}")
+        if self.resume_allow_changes:
+            from ncakit.scale.fingerprint import check_allowed_changes
+
+            check_allowed_changes(self.resume_allow_changes)
         for tracker in self.report_to:
             if tracker not in ("tensorboard", "wandb"):
                 raise ValueError(
                     f"report_to: unknown tracker {tracker!r}; allowed values: ['tensorboard', 'wandb']"
                 )
+        check_inputs(self)  # paths and sample counts: before any model or data is loaded
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -356,13 +387,17 @@ def coerce_value(name: str, value: Any, tp, *, from_cli: bool = False) -> Any:
         if isinstance(value, bool):
             fail()
         if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "5e-6" as a string; the CLI gives strings
+            out = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "5e-6" as a string; the CLI gives strings
             try:
-                return float(value.strip())
+                out = float(value.strip())
             except ValueError:
                 fail()
-        fail()
+        else:
+            fail()
+        if not math.isfinite(out):  # nan compares False with everything: it would pass every range check
+            raise ValueError(f"{name}: expected a finite float, got {value!r}") from None
+        return out
     if tp is str:
         if isinstance(value, str):
             return value
@@ -419,7 +454,19 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config: no such recipe file {str(path)!r}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:  # name the recipe and the line, not "<unicode string>"
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(
+            f"config: expected a YAML mapping of key: value in {where}, got a syntax error ({problem})"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"config: expected a UTF-8 text recipe in {path}, got undecodable bytes ({err.reason})"
+        ) from None
     if not isinstance(raw, dict):
         raise ValueError(f"config: {path} must hold a mapping of key: value, got {type(raw).__name__}")
     types_ = _field_types()
@@ -449,6 +496,11 @@ def _split_cli(argv: list[str]) -> tuple[str | None, list[tuple[str, str | None]
             )
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
+        if key == "debug":  # --debug [true|false]: read by debug_requested(), not a config key
+            if not eq and i + 1 < len(argv) and argv[i + 1].strip().lower() in _TRUE | _FALSE:
+                i += 1
+            i += 1
+            continue
         if not eq:
             if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 value = argv[i + 1]
@@ -473,12 +525,95 @@ def config_help() -> str:
         "[--config RECIPE.yaml] [--key value ...]",
         "",
         "Keys (defaults < recipe < command line):",
+        "  --debug [true|false]  (or the environment variable NCAKIT_DEBUG=1)",
+        "        show the full traceback of a configuration or data error instead of one line",
     ]
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         lines.append(f"  --{f.name} ({_type_name(types_[f.name])}, default {default!r})")
         lines.append(f"        {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def debug_requested(argv: list[str] | None = None) -> bool:
+    """True when ``--debug`` (bare, ``true``, ``--debug=1``...) is on the command line or the
+    environment variable ``NCAKIT_DEBUG`` is set to a true value: the entry points then re-raise
+    errors with their traceback instead of printing one line."""
+    if os.environ.get("NCAKIT_DEBUG", "").strip().lower() in _TRUE:
+        return True
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):
+        key, eq, value = arg.partition("=")
+        if key.replace("-", "_") != "__debug":
+            continue
+        if eq:
+            return value.strip().lower() in _TRUE
+        nxt = argv[i + 1].strip().lower() if i + 1 < len(argv) else ""
+        return nxt not in _FALSE
+    return False
+
+
+def _looks_like_path(name: str) -> bool:
+    """A string meant as a local path (never a hub id): ./ ../ / ~ or a data-file suffix."""
+    return name.startswith(("./", "../", "/", "~")) or Path(name).suffix.lower() in (
+        ".json",
+        ".jsonl",
+        ".parquet",
+        ".pq",
+    )
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Paths and counts a run reads or writes, checked before anything is loaded: one line each."""
+    out = cfg.output_dir
+    if not str(out).strip():
+        raise ValueError(
+            "output_dir: expected a folder path, got '' (it would write into the current folder)"
+        )
+    p = Path(out).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"output_dir: expected a folder, got the existing file {out!r}")
+    parent = next((a for a in p.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(
+            f"output_dir: expected a folder path, got {out!r} whose parent {str(parent)!r} is a file"
+        )
+    for name in ("max_train_samples", "max_eval_samples"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            raise ValueError(f"{name}: expected a positive int (or null for all), got {v}")
+    for name in ("dataset_name", "eval_dataset_name", "model_name_or_path", "tokenizer_name_or_path"):
+        v = getattr(cfg, name)
+        if v is None or v == "tinylm":
+            continue
+        if not str(v).strip():
+            raise ValueError(f"{name}: expected a hub id or a local path, got ''")
+        if (
+            _looks_like_path(str(v))
+            and not any(ch in str(v) for ch in "*?[")
+            and not Path(v).expanduser().exists()
+        ):
+            raise ValueError(
+                f"{name}: expected an existing local file or folder, got {v!r} "
+                "(no such path; a local path is not looked up on the Hub)"
+            )
+    if cfg.resume_from not in (None, "latest") and not Path(cfg.resume_from).expanduser().is_dir():
+        raise ValueError(
+            f"resume_from: expected 'latest' or an existing checkpoint folder, got {cfg.resume_from!r}"
+        )
+    if cfg.dataset_schema != "auto":  # checked here, not after the model has loaded
+        from ncakit.scale.data.schemas import SCHEMA_ALIASES, SCHEMAS
+
+        if cfg.dataset_schema not in SCHEMAS and cfg.dataset_schema.lower() not in SCHEMA_ALIASES:
+            close = difflib.get_close_matches(cfg.dataset_schema, list(SCHEMAS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"dataset_schema: expected 'auto' or one of {sorted(SCHEMAS)}, got {cfg.dataset_schema!r}{hint}"
+            )
+    for name in ("tiny_kit_dir", "ref_cache_dir"):
+        v = getattr(cfg, name)
+        if v is not None and (not str(v).strip() or (Path(v).exists() and not Path(v).is_dir())):
+            raise ValueError(f"{name}: expected a folder path, got {v!r}")
 
 
 def parse_config(argv: list[str] | None = None, *, validate: bool = True) -> TrainConfig:

@@ -120,6 +120,12 @@ class MetricsWindow:
         self.append(self.rows(out, policy_logps, batch))
         self.tokens += batch["attention_mask"].sum().to(self.tokens.device)
 
+    def extend(self, other: MetricsWindow) -> None:
+        """Add ``other``'s rows and tokens (one optimizer step's, once the step is known to be applied)."""
+        for k in self.KEYS:
+            self.parts[k].extend(other.parts[k])
+        self.tokens += other.tokens.to(self.tokens.device)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: torch.cat(v) for k, v in self.parts.items()}
 

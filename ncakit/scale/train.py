@@ -29,15 +29,22 @@ the same call the toy bandits and the tutorials make (MATH.md, the losses by nam
   cached, the adapter-disabled policy, or a frozen copy -- and asked for ``[B, K]`` per batch.
 - Metrics (:mod:`ncakit.scale.tracking`): TRL names over every prompt of the logging window,
   gathered across processes, to ``<output_dir>/metrics.jsonl`` (and tensorboard / wandb if asked).
-- Checkpoints (:mod:`ncakit.scale.checkpoint`): every ``save_steps`` and on SIGTERM/SIGINT;
-  ``--resume_from`` restores them. The final model (or adapter) goes to ``<output_dir>/final``.
+- Checkpoints (:mod:`ncakit.scale.checkpoint`): atomic, every ``save_steps`` and on SIGTERM /
+  SIGINT / SIGUSR1 (also when sent to the launcher); ``--resume_from`` verifies and restores them
+  (nothing is unpickled with code allowed). The final model (or adapter) goes to ``<output_dir>/final``.
+- Run safety: one run per output folder (:mod:`ncakit.scale.runlock`: a lock, and a fresh run never
+  lands on another run's files); resume checks the run's fingerprint (:mod:`ncakit.scale.fingerprint`);
+  a non-finite loss or gradient norm stops (or skips, ``on_nonfinite``) before the optimizer step
+  (:mod:`ncakit.scale.stepcheck`), and non-finite weights are never saved.
 
 Host syncs per optimizer step (CPU waits for the device): the first micro-batch of each step calls
 the loss with ``validate=True`` (up to five ``bool`` reads, :func:`ncakit.validation.check_loss_inputs`),
 the others with ``validate=False``; each forward through the ``LogprobHead`` (the policy's, and the
 reference's in the ``adapter`` / ``model`` modes) reads its response positions once (``nonzero``);
-after the step, one reduce of the stop flag and the step's loss finiteness, read together. Logging
-steps add the token count and the metrics, evaluation its own.
+before the optimizer step, one reduce of the stop flag and the step's loss and gradient-norm
+finiteness, read together (with ``max_grad_norm: 0`` the norm comes from ``clip_grad_norm_(inf)``,
+which scales every gradient by exactly 1). Logging steps add the token count and the metrics,
+evaluation its own; a checkpoint adds one finiteness reduce of the weights.
 
 Bad configurations fail before any model is loaded where possible (see :mod:`ncakit.scale.config`);
 a pairwise loss on K > 2 data fails right after the data is read.
@@ -63,10 +70,13 @@ from ncakit.registry import get_loss, loss_spec
 from ncakit.scale.checkpoint import (
     StopFlag,
     TrainState,
+    follow_launcher,
     load_checkpoint,
+    read_checkpoint_state,
     resolve_resume,
     save_checkpoint,
     save_final,
+    verify_checkpoint,
 )
 from ncakit.scale.config import TrainConfig, parse_config, torch_dtype
 from ncakit.scale.data import (
@@ -76,8 +86,11 @@ from ncakit.scale.data import (
     to_pairwise,
     tokenize_k_dataset,
 )
+from ncakit.scale.fingerprint import resume_checked, run_fingerprint
 from ncakit.scale.forward import batch_logps, install_logprob_head
 from ncakit.scale.reference import Reference, make_reference
+from ncakit.scale.runlock import claim_output_dir
+from ncakit.scale.stepcheck import check_step
 from ncakit.scale.tracking import (
     METRICS_FILE,
     JsonlTracker,
@@ -136,6 +149,15 @@ class Run:
     info: dict = field(default_factory=dict)  # run.json
     history: list[dict] = field(default_factory=list)
     grad_norm: Any = None  # of the last optimizer step (a device tensor until logged)
+    # the configuration as given (tinylm unresolved): the fingerprint's names
+    original: TrainConfig | None = None
+    fingerprint: dict = field(default_factory=dict)  # recorded in every checkpoint (ncakit.scale.fingerprint)
+    changes: list[dict] = field(default_factory=list)  # fingerprint changes accepted on resume, all of them
+    stop: StopFlag | None = None
+    nonfinite: Any = None  # this optimizer step's loss was not finite on this process (device bool)
+    # this step's (micro-batch, per-prompt loss, rewards), named in the non-finite error
+    step_rows: list = field(default_factory=list)
+    stop_requested: bool = False  # a signal reached some process: checkpoint after this step and stop
 
     def log(self, values: dict, step: int) -> None:
         self.accelerator.log(values, step=step)
@@ -392,11 +414,12 @@ def make_accelerator(cfg: TrainConfig):
     return accelerator
 
 
-def set_up(cfg: TrainConfig) -> tuple[Run, Data]:
-    """Accelerator, seed, the tiny kit, the reference mode, tokenizer, data (fails early on a
-    pairwise loss with K > 2), model, and the reference prepared; nothing is passed to
-    ``accelerator.prepare`` yet (:func:`prepare_training` does that)."""
-    accelerator = make_accelerator(cfg)
+def set_up(cfg: TrainConfig, accelerator=None) -> tuple[Run, Data]:
+    """Accelerator (made here unless given), seed, the tiny kit, the reference mode, tokenizer, data
+    (fails early on a pairwise loss with K > 2), model, and the reference prepared; nothing is passed
+    to ``accelerator.prepare`` yet (:func:`prepare_training` does that)."""
+    original = cfg
+    accelerator = accelerator if accelerator is not None else make_accelerator(cfg)
     seed_everything(cfg.seed)
     if accelerator.is_main_process:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -410,7 +433,7 @@ def set_up(cfg: TrainConfig) -> tuple[Run, Data]:
     data.train, data.eval, ref_info = reference.prepare(
         model, data.train, data.eval, collate=data.collate, tokenizer=tokenizer
     )
-    run = Run(cfg, accelerator, model, tokenizer, reference, loss_fn)
+    run = Run(cfg, accelerator, model, tokenizer, reference, loss_fn, original=original)
     run.info = {"config": cfg.to_dict(), "data": data.stats, "k": data.k, "reference": ref_info}
     return run, data
 
@@ -439,16 +462,28 @@ def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
     run.num_epochs = math.ceil(max_steps / steps_per_epoch)
     warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * max_steps)
     # Stepped by hand once per optimizer step (not through accelerator.prepare, which steps a
-    # scheduler num_processes times per call); saved with the state via register_for_checkpointing.
+    # scheduler num_processes times per call); its state is saved as JSON in ncakit_state.json (not
+    # registered with accelerate, whose custom states are unpickled with weights_only=False).
     # It drives the plain torch optimizer: FSDP2 and DeepSpeed keep stepping that object's
     # param_groups (sharded / partitioned params swapped in), so the learning rates reach them.
     run.lr_scheduler = get_scheduler(
         cfg.lr_scheduler_type, optimizer=base_optimizer, num_warmup_steps=warmup, num_training_steps=max_steps
     )
-    accelerator.register_for_checkpointing(run.lr_scheduler)
     run.state = TrainState(max_steps=max_steps)
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    run.fingerprint = run_fingerprint(
+        cfg,
+        original=run.original or cfg,
+        num_processes=accelerator.num_processes,
+        warmup_steps=warmup,
+        max_steps=max_steps,
+        data_stats=run.info.get("data", {}),
+        trainable_params=trainable,
+    )
     if resume_path is not None:
-        load_checkpoint(accelerator, resume_path, run.state)
+        resume_checked(run, resume_path)
+        extra = load_checkpoint(accelerator, resume_path, run.state, run.lr_scheduler)
+        run.changes = list(extra.get("changes", [])) + run.changes
 
     output_dir = Path(cfg.output_dir)
     metrics_file = output_dir / METRICS_FILE
@@ -466,9 +501,12 @@ def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
         "global_batch_prompts": cfg.per_device_train_batch_size
         * cfg.gradient_accumulation_steps
         * accelerator.num_processes,
-        "trainable_params": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+        "trainable_params": trainable,
         "versions": versions(),
+        "fingerprint": run.fingerprint,
     }
+    if run.changes:
+        run.info["resume_changes"] = run.changes
     if accelerator.is_main_process:
         (output_dir / "run.json").write_text(json.dumps(run.info, indent=2, default=str) + "\n")
 
@@ -498,19 +536,33 @@ def compute_loss(
     return out, policy_logps, ref_logps
 
 
-def train_step(run: Run, batch, *, validate: bool) -> tuple[LossOutput, torch.Tensor]:
+def train_step(run: Run, batch, *, validate: bool) -> tuple[LossOutput, torch.Tensor, bool]:
     """One micro-batch under ``accelerator.accumulate``: forward, backward; on the last micro-batch
-    of an optimizer step (``accelerator.sync_gradients``) also clipping and the optimizer step
-    (accelerate's optimizer wrapper skips ``step`` / ``zero_grad`` on the others)."""
-    accelerator, model = run.accelerator, run.model
+    of an optimizer step (``accelerator.sync_gradients``) also clipping, the step check
+    (:func:`check_step`: a stop signal anywhere, a non-finite loss or gradient norm) and, if the step
+    is finite, the optimizer step (accelerate's optimizer wrapper skips ``step`` / ``zero_grad`` on
+    the other micro-batches). Returns ``(loss output, policy log-probs, step applied)``."""
+    accelerator, model, cfg = run.accelerator, run.model, run.cfg
+    if run.nonfinite is None:
+        run.nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+    applied = True
     with accelerator.accumulate(model):
-        out, policy, _ = compute_loss(model, batch, run.cfg, run.loss_fn, run.reference, validate=validate)
+        out, policy, _ = compute_loss(model, batch, cfg, run.loss_fn, run.reference, validate=validate)
+        loss = out.loss.detach()
+        run.nonfinite |= ~torch.isfinite(loss).all()
+        run.step_rows.append((run.state.batches_in_epoch, loss, batch["rewards"]))
         accelerator.backward(out.loss.mean())
-        if accelerator.sync_gradients and run.cfg.max_grad_norm > 0:
-            run.grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.cfg.max_grad_norm)
-        run.optimizer.step()
+        if accelerator.sync_gradients:
+            norm = None
+            if cfg.max_grad_norm > 0:
+                run.grad_norm = norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            else:  # the total norm only (an infinite max_norm scales every gradient by exactly 1)
+                norm = accelerator.clip_grad_norm_(model.parameters(), float("inf"))
+            applied = check_step(run, norm)
+        if applied:
+            run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-    return out, policy
+    return out, policy, applied
 
 
 @torch.no_grad()
@@ -535,7 +587,8 @@ def log_train_metrics(run: Run, window: MetricsWindow) -> dict:
     tokens = int(accelerator.reduce(window.tokens, "sum"))
     state.num_tokens += tokens
     elapsed = time.perf_counter() - window.started
-    values = window_metrics(gather_rows(accelerator, window.tensors()))
+    # empty only when every step of the window was skipped (on_nonfinite: skip), on every process alike
+    values = window_metrics(gather_rows(accelerator, window.tensors())) if window.parts["loss"] else {}
     values.update(
         {
             "learning_rate": run.lr_scheduler.get_last_lr()[0],
@@ -545,6 +598,8 @@ def log_train_metrics(run: Run, window: MetricsWindow) -> dict:
             "tokens_per_second": tokens / elapsed if elapsed > 0 else None,
         }
     )
+    if run.cfg.on_nonfinite == "skip":
+        values["skipped_steps"] = state.skipped_steps
     run.log(values, state.global_step)
     return values
 
@@ -554,20 +609,41 @@ def every(n: int, step: int) -> bool:
     return n > 0 and step % n == 0
 
 
-def should_stop(run: Run, stop: StopFlag, nonfinite: torch.Tensor) -> bool:
-    """After an optimizer step: did any process get a stop signal (then save a checkpoint), and
-    was the step's loss finite on every process (else raise)? One reduce, one host read."""
-    flags = torch.stack([torch.tensor(int(stop.requested), device=nonfinite.device), nonfinite.long()])
-    requested, bad = run.accelerator.reduce(flags, "max").tolist()
-    if bad:
+def checkpoint_extra(run: Run) -> dict:
+    """What ``ncakit_state.json`` holds (JSON): the fingerprint, the accepted changes, the scheduler."""
+    return {
+        "fingerprint": run.fingerprint,
+        "changes": run.changes,
+        "lr_scheduler": run.lr_scheduler.state_dict(),
+    }
+
+
+def save(run: Run, reason: str):
+    """:func:`ncakit.scale.checkpoint.save_checkpoint` after checking that every weight is finite
+    (a run never writes a non-finite checkpoint, so rotation never deletes the last good one)."""
+    bad = torch.zeros((), dtype=torch.bool, device=run.accelerator.device)
+    for p in run.model.parameters():
+        bad |= ~torch.isfinite(p.detach()).all().to(bad.device)
+    if int(run.accelerator.reduce(bad.long(), "max")):
         raise ValueError(
-            f"loss: not finite at step {run.state.global_step} (try a lower learning_rate or beta, or check the data)"
+            f"checkpoint: non-finite weights at step {run.state.global_step}; not saved (the previous "
+            f"checkpoints are kept)"
         )
-    if requested:
-        name = stop.signal_name or "stop signal"
-        run.accelerator.print(f"{name}: saving a checkpoint at step {run.state.global_step}")
-        save_checkpoint(run.accelerator, run.cfg, run.state, reason=stop.signal_name or "signal")
-    return bool(requested)
+    return save_checkpoint(run.accelerator, run.cfg, run.state, reason=reason, extra=checkpoint_extra(run))
+
+
+def should_stop(run: Run) -> bool:
+    """After an optimizer step: did any process get a stop signal? Then save a checkpoint and
+    return True. Several processes agree through the reduce of the step check (:func:`check_step`,
+    before the optimizer step: a signal that arrives later is acted on one step later); a single
+    process reads its flag here, after the step."""
+    one = run.accelerator.num_processes == 1 and run.stop is not None and run.stop.requested
+    if not (run.stop_requested or one):
+        return False
+    name = (run.stop.signal_name if run.stop is not None else None) or "stop signal"
+    run.accelerator.print(f"{name}: saving a checkpoint at step {run.state.global_step}")
+    save(run, reason=name if name != "stop signal" else "signal")
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,13 +653,32 @@ def should_stop(run: Run, stop: StopFlag, nonfinite: torch.Tensor) -> bool:
 
 def train(cfg: TrainConfig, *, callbacks: list[Callable[[TrainState], None]] | None = None) -> TrainResult:
     """Run one training job described by ``cfg`` (already validated). ``callbacks`` are called with
-    the :class:`TrainState` after every optimizer step (tests use them to send signals)."""
-    from tqdm.auto import tqdm
+    the :class:`TrainState` after every optimizer step (tests use them to send signals). The output
+    folder is locked for the run (:func:`claim_output_dir`), released on exit, exceptions included."""
 
     t_start = time.perf_counter()
+    accelerator = make_accelerator(cfg)
+    lock = claim_output_dir(cfg, accelerator)
+    try:
+        return _train(cfg, accelerator, t_start, callbacks)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, accelerator, t_start: float, callbacks) -> TrainResult:
+    from tqdm.auto import tqdm
+
     resume_path = resolve_resume(cfg)
-    run, data = set_up(cfg)
-    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    if resume_path is not None:
+        verify_checkpoint(resume_path)
+        saved_step = int(read_checkpoint_state(resume_path)[0].get("global_step", 0))
+        if 0 < cfg.max_steps < saved_step:
+            raise ValueError(
+                f"max_steps: {cfg.max_steps} is below the step of the checkpoint being resumed "
+                f"({resume_path}, step {saved_step}); use --max_steps >= {saved_step}"
+            )
+    run, data = set_up(cfg, accelerator)
+    cfg, state = run.cfg, run.state
     if cfg.precompute_reference_only:
         accelerator.print(f"reference log-probs cached: {json.dumps(run.info['reference'])}")
         accelerator.end_training()
@@ -601,39 +696,42 @@ def train(cfg: TrainConfig, *, callbacks: list[Callable[[TrainState], None]] | N
         disable=not (cfg.progress and accelerator.is_local_main_process),
     )
     window, last_eval_step, interrupted, done = MetricsWindow(device), -1, False, False
-    first_micro_batch, nonfinite = True, torch.zeros((), dtype=torch.bool, device=device)
+    step_window, first_micro_batch = MetricsWindow(device), True
     with StopFlag() as stop:
+        run.stop = stop
         while not done and state.global_step < state.max_steps and state.epoch < run.num_epochs:
             run.train_loader.set_epoch(state.epoch)
             skip = state.batches_in_epoch
             loader = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
             for batch in loader:
-                out, policy = train_step(run, batch, validate=first_micro_batch)
+                out, policy, applied = train_step(run, batch, validate=first_micro_batch)
                 state.batches_in_epoch += 1
-                window.add(out, policy, batch)
-                nonfinite |= ~torch.isfinite(out.loss.detach()).all()
+                step_window.add(out, policy, batch)
                 first_micro_batch = accelerator.sync_gradients
                 if not accelerator.sync_gradients:
                     continue
+                if applied:  # a skipped step's rows stay out of the metrics
+                    window.extend(step_window)
+                step_window = MetricsWindow(device)
                 run.lr_scheduler.step()
                 state.global_step += 1
                 progress.update(1)
                 last = state.global_step >= state.max_steps
                 if state.global_step % cfg.logging_steps == 0 or last:
                     values = log_train_metrics(run, window)
-                    progress.set_postfix(
-                        loss=f"{values['loss']:.4f}", chosen=f"{values['rewards/chosen']:+.3f}"
-                    )
+                    if "loss" in values:
+                        progress.set_postfix(
+                            loss=f"{values['loss']:.4f}", chosen=f"{values['rewards/chosen']:+.3f}"
+                        )
                     window = MetricsWindow(device)
                 if run.eval_loader is not None and every(cfg.eval_steps, state.global_step):
                     run.log(evaluate(run), state.global_step)
                     last_eval_step = state.global_step
                 if every(cfg.save_steps, state.global_step) and not last:
-                    save_checkpoint(accelerator, cfg, state, reason="periodic")
+                    save(run, reason="periodic")
                 for cb in callbacks or ():
                     cb(state)
-                interrupted = should_stop(run, stop, nonfinite)
-                nonfinite.zero_()
+                interrupted = should_stop(run)
                 if last or interrupted:
                     done = True
                     break
@@ -680,4 +778,5 @@ def main(argv: list[str] | None = None) -> TrainResult:
 
         datasets.disable_progress_bars()
     cfg = parse_config(argv)
+    follow_launcher()  # launched by accelerate launch / torchrun: its death is a SIGTERM here
     return train(cfg)

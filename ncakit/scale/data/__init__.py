@@ -85,7 +85,21 @@ Pipeline and what each step returns::
 
 Every step that drops something returns a :class:`DataStats` (rows in / kept / dropped by
 reason, truncation counts), logs it and emits a :class:`DroppedExamplesWarning` when anything
-was dropped -- never silently.
+was dropped -- never silently. In particular:
+
+- an EMPTY response (empty or whitespace-only text, at load; or no tokens of its own before the
+  EOS, at tokenisation) is removed with its reward and counted in
+  ``DataStats.responses_dropped["empty_response"]``; the example survives with its other
+  responses when at least ``min_responses`` (2) are left, else it is dropped
+  (``all_responses_empty`` / ``too_few_responses``). A response is never trained on as a lone EOS.
+- a reward that is not a finite number, or that overflows float32 (``|r| > 3.4e38``, the dtype
+  the collator holds rewards in), drops its example at load (``non_finite_reward``).
+- a local path that does not exist, an empty file, a file that does not parse, ``max_rows < 1``,
+  or a file none of whose rows is usable raises one ``ValueError`` naming the input
+  (``"name_or_path: expected ..., got ..."``); a local-looking path is never looked up on the Hub.
+- :func:`save_k_dataset` / :class:`KDatasetWriter` write through a temporary file and
+  ``os.replace`` (a crash leaves the old file or none); a full disk reads "no space left on
+  device writing <path>".
 
 This package imports ``datasets`` (scale extras); ``import ncakit`` does not import it.
 """
@@ -97,7 +111,15 @@ from ncakit.scale.data.collate import (
     make_dataloader,
 )
 from ncakit.scale.data.drops import DataStats, DroppedExamplesWarning, ExampleError, Prepared, Reason
-from ncakit.scale.data.load import canonicalize, load_k_dataset, load_source, save_k_dataset, to_pairwise
+from ncakit.scale.data.load import (
+    KDatasetWriter,
+    canonicalize,
+    load_k_dataset,
+    load_source,
+    looks_like_local_path,
+    save_k_dataset,
+    to_pairwise,
+)
 from ncakit.scale.data.schemas import (
     SCHEMAS,
     detect_schema,
@@ -138,6 +160,8 @@ __all__ = [
     "load_source",
     "load_k_dataset",
     "save_k_dataset",
+    "KDatasetWriter",
+    "looks_like_local_path",
     "to_pairwise",
     # tokenisation
     "render_example",

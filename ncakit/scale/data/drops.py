@@ -175,6 +175,8 @@ def column_names(data) -> list[str]:
 
 
 def _map_rows(data, fn, features: datasets.Features, num_proc: int | None, desc: str) -> datasets.Dataset:
+    if len(data) == 0:  # map over no rows would not add the new columns
+        return datasets.Dataset.from_list([], features=features)
     if isinstance(data, datasets.Dataset):
         return data.map(fn, remove_columns=data.column_names, features=features, num_proc=num_proc, desc=desc)
     return datasets.Dataset.from_list([fn(row) for row in data], features=features)

@@ -20,6 +20,7 @@ logger = logging.getLogger("ncakit.scale.data")
 # ----------------------------------------------------------------------------------------------
 
 _MISSING = object()
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 
 
 def _get(example: Mapping, key: str, column: str | None = None):
@@ -31,7 +32,7 @@ def _get(example: Mapping, key: str, column: str | None = None):
         )
     value = example.get(key, _MISSING)
     if value is _MISSING:
-        raise ExampleError(Reason.MISSING_FIELD, column or key, "missing")
+        raise ExampleError(Reason.MISSING_FIELD, column or key, f"missing (expected a {key!r} field)")
     return value
 
 
@@ -99,7 +100,43 @@ def _reward(value, column: str) -> float:
     value = float(value)
     if not math.isfinite(value):
         raise ExampleError(Reason.NON_FINITE_REWARD, column, f"expected a finite number, got {value}")
+    if abs(value) > FLOAT32_MAX:  # the collator holds rewards in float32: inf there
+        raise ExampleError(
+            Reason.NON_FINITE_REWARD,
+            column,
+            f"expected a number with |r| <= {FLOAT32_MAX:.4g} (float32, the training dtype), got {value:g}",
+        )
     return value
+
+
+def is_empty_response(response) -> bool:
+    """True for a response with no text: empty or whitespace-only (all message contents joined)."""
+    return not text_of(response).strip()
+
+
+def drop_empty_responses(
+    example: dict, *, min_responses: int = 2, column: str = "responses"
+) -> tuple[dict, int]:
+    """``(example without its empty responses, how many were removed)``; the rewards follow their
+    responses. :class:`ExampleError` when none is left (``all_responses_empty``) or fewer than
+    ``min_responses`` (``too_few_responses``)."""
+    keep = [i for i, r in enumerate(example["responses"]) if not is_empty_response(r)]
+    removed = len(example["responses"]) - len(keep)
+    if not removed:
+        return example, 0
+    if not keep:
+        raise ExampleError(Reason.ALL_RESPONSES_EMPTY, column, "every response is empty text")
+    if len(keep) < min_responses:
+        raise ExampleError(
+            Reason.TOO_FEW_RESPONSES,
+            column,
+            f"only {len(keep)} non-empty response(s) left after dropping {removed} empty one(s); "
+            f"at least {min_responses} are needed to compare",
+        )
+    out = dict(example)
+    out["responses"] = [example["responses"][i] for i in keep]
+    out["rewards"] = [example["rewards"][i] for i in keep]
+    return out, removed
 
 
 def text_of(x) -> str:
@@ -252,7 +289,9 @@ def from_nca_reward(example: Mapping, *, sort_best_first: bool = True, min_respo
         )
     if keys != list(range(len(keys))):
         first_gap = next(i for i in range(len(keys)) if i not in keys)
-        raise ExampleError(Reason.MISSING_FIELD, f"A{first_gap}", "missing")
+        raise ExampleError(
+            Reason.MISSING_FIELD, f"A{first_gap}", f"missing (expected A0..A{keys[-1]} without a gap)"
+        )
     prompt = None
     responses, rewards = [], []
     for i in keys:

@@ -23,7 +23,7 @@ from ncakit.scale.data.drops import (
     rows_or_dataset,
 )
 from ncakit.scale.data.load import canonicalize, load_k_dataset
-from ncakit.scale.data.schemas import from_canonical, text_of
+from ncakit.scale.data.schemas import drop_empty_responses, from_canonical
 
 logger = logging.getLogger("ncakit.scale.data")
 
@@ -124,9 +124,11 @@ def tokenize_k_example(
        tokens. If still too long: cut every response to ``max_length - max_prompt_length``
        tokens (``response_budget="authors"``) or to ``max_length - len(prompt)``
        (``"fill"``, uses the room a short prompt leaves). A cut response loses its EOS.
-    4. A response left with no tokens is removed (:attr:`Reason.EMPTY_RESPONSE`); if every
-       response's text is empty the example is dropped (``all_responses_empty``), as it is with
-       fewer than ``min_responses`` left.
+    4. A response with no text (empty or whitespace-only) or no tokens of its own (before the
+       EOS) is removed and counted (:attr:`Reason.EMPTY_RESPONSE`), never trained on as a lone
+       EOS; if none is left the example is dropped (``all_responses_empty``), as it is with fewer
+       than ``min_responses`` left (``too_few_responses``). The response budget is >= 1 token, so
+       truncation never empties a response.
 
     Returns ``{"prompt_ids", "response_ids", "rewards", "max_seq_len", "prompt_truncated",
     "responses_truncated", "responses_removed"}``; the collator builds labels with the prompt
@@ -136,8 +138,8 @@ def tokenize_k_example(
     if response_budget not in ("authors", "fill"):
         raise ValueError(f"response_budget: expected 'authors' or 'fill', got {response_budget!r}")
     ex = from_canonical(example, min_responses=min_responses)
-    if all(not text_of(r).strip() for r in ex["responses"]):
-        raise ExampleError(Reason.ALL_RESPONSES_EMPTY, "responses", "every response is empty text")
+    n_in = len(ex["responses"])
+    ex, removed = drop_empty_responses(ex, min_responses=min_responses)  # empty / whitespace-only text
     chat = _uses_chat_template(tokenizer, use_chat_template)
     prompt_text, response_texts = render_example(ex, tokenizer, use_chat_template=chat)
     enc = tokenizer([prompt_text, *response_texts], add_special_tokens=False)["input_ids"]
@@ -145,12 +147,28 @@ def tokenize_k_example(
     bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
     if not chat and add_bos and bos is not None and (not prompt_ids or prompt_ids[0] != bos):
         prompt_ids.insert(0, bos)
-    if add_eos and eos is not None:
-        for r in response_ids:
-            if not r or r[-1] != eos:
-                r.append(eos)
     if not prompt_ids:
         raise ExampleError(Reason.EMPTY_PROMPT, "prompt", "has no tokens")
+    # a response with no tokens of its own (before EOS) is empty: dropped, never trained as a lone EOS
+    tokenless = [i for i, r in enumerate(response_ids) if not r or (eos is not None and r == [eos])]
+    if tokenless:
+        ex = {**ex, "responses": [r for i, r in enumerate(ex["responses"]) if i not in tokenless]}
+        kept_rewards = [w for i, w in enumerate(ex["rewards"]) if i not in tokenless]
+        response_ids = [r for i, r in enumerate(response_ids) if i not in tokenless]
+        removed += len(tokenless)
+        if not response_ids:
+            raise ExampleError(Reason.ALL_RESPONSES_EMPTY, "responses", "no response has any token")
+        if len(response_ids) < min_responses:
+            raise ExampleError(
+                Reason.TOO_FEW_RESPONSES,
+                "responses",
+                f"only {len(response_ids)} of {n_in} response(s) have tokens; at least {min_responses} are needed",
+            )
+        ex["rewards"] = kept_rewards
+    if add_eos and eos is not None:
+        for r in response_ids:
+            if r[-1] != eos:
+                r.append(eos)
 
     longest = max(len(r) for r in response_ids)
     prompt_truncated = False
@@ -165,16 +183,7 @@ def tokenize_k_example(
         n_cut = sum(len(r) > budget for r in response_ids)
         response_ids = [r[:budget] for r in response_ids]
 
-    keep = [i for i, r in enumerate(response_ids) if r]
-    removed = len(response_ids) - len(keep)
-    if not keep:
-        raise ExampleError(Reason.ALL_RESPONSES_EMPTY, "responses", "no response has any token left")
-    if len(keep) < min_responses:
-        raise ExampleError(
-            Reason.TOO_FEW_RESPONSES, "responses", f"only {len(keep)} response(s) left with tokens"
-        )
-    response_ids = [response_ids[i] for i in keep]
-    rewards = [ex["rewards"][i] for i in keep]
+    rewards = ex["rewards"]
     return {
         "prompt_ids": prompt_ids,
         "response_ids": response_ids,
