@@ -618,3 +618,34 @@ def test_every_state_file_is_json_safetensors_or_weights_only(kit, tmp_path):
 
         load(ck / name)  # weights_only=True
     assert json.loads((ck / ckptmod.NCAKIT_STATE_FILE).read_text())["lr_scheduler"]["last_epoch"] == 2
+
+
+FULL_DISK = """
+import errno, runpy, sys
+import ncakit.scale.checkpoint as c
+write_json = c._write_json
+def full(path, payload):  # the disk fills while the step-4 checkpoint is written (its last file)
+    if path.name == c.COMPLETE_FILE and "step_000004" in str(path.parent):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    return write_json(path, payload)
+c._write_json = full
+sys.argv = ["scale/train.py", *sys.argv[1:]]
+runpy.run_path("scale/train.py", run_name="__main__")
+"""
+
+
+def test_a_full_disk_mid_checkpoint_is_named_in_one_line_and_loses_nothing(kit, tmp_path, full6):
+    """Reason: a full disk gave `unexpected pos ...` and could leave a half-written checkpoint."""
+    out = tmp_path / "full"
+    common = ("--max_steps", "6", "--save_steps", "2", "--save_total_limit", "1")
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, *args(kit, out, *common)], env=ENV, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (
+        last.startswith("scale/train.py: error: no space left on device writing ") and "step_000004" in last
+    )
+    assert steps_saved(out) == ["step_000002"], "the checkpoint before the full disk survives rotation"
+    resumed = run(args(kit, out, *common, "--resume_from", "latest"))
+    assert resumed.state.global_step == 6
+    assert max_diff(params(resumed.model), full6) == 0.0
