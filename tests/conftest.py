@@ -30,3 +30,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def clean_accelerate_state():
+    """accelerate's global state reset before and after a test, and the torch thread count restored."""
+    from _accelerate import reset_accelerate
+
+    before = torch.get_num_threads()
+    reset_accelerate()
+    yield
+    reset_accelerate()
+    torch.set_num_threads(before)

@@ -274,11 +274,7 @@ def partition_like_zero3(m):
     return m
 
 
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+from _accelerate import reset_accelerate as _reset_accelerate  # noqa: E402
 
 
 def _worker(model_dir, dataset, eval_ds, collate, tok, cache_dir, out_dir, mode):

@@ -43,20 +43,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS
        "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}  # fmt: skip
 
 
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
+from _accelerate import reset_accelerate as _reset_accelerate  # noqa: E402
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _clean_state():
-    before = torch.get_num_threads()
-    _reset_accelerate()
-    yield
-    _reset_accelerate()
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("clean_accelerate_state")
 
 
 @pytest.fixture(scope="module")

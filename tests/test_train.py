@@ -45,20 +45,9 @@ TRL_NAMES = (
 LN4 = 2 * math.log(2.0)  # MATH.md anchor: NCA = 2 ln 2 at policy = reference (any K, any rewards)
 
 
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
+from _accelerate import reset_accelerate as _reset_accelerate  # noqa: E402
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _clean_state():
-    before = torch.get_num_threads()
-    _reset_accelerate()
-    yield
-    _reset_accelerate()
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("clean_accelerate_state")
 
 
 # A small kit for the equivalence tests (fast), the recipe's own kit for the behaviour tests.
