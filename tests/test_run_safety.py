@@ -638,3 +638,69 @@ def test_a_full_disk_mid_checkpoint_is_named_in_one_line_and_loses_nothing(kit, 
     resumed = run(args(kit, out, *common, "--resume_from", "latest"))
     assert resumed.state.global_step == 6
     assert max_diff(params(resumed.model), full6) == 0.0
+
+
+def _no_data(*args, **kwargs):
+    raise AssertionError("data was loaded before the launch check")
+
+
+def test_fsdp_requested_but_not_active_stops_before_any_data(kit, tmp_path, monkeypatch):
+    """Reason: accelerate silently drops FSDP on CPU; the run went on as a plain one-process run."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr(trainmod, "prepare_data", _no_data)
+    with pytest.raises(
+        ValueError, match=r"^accelerate config: FSDP was requested \(ACCELERATE_USE_FSDP=true\) but"
+    ):
+        run(args(kit, tmp_path / "fsdp", "--max_steps", "2"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal off CUDA")
+def test_qlora_without_cuda_stops_before_any_data(kit, tmp_path, monkeypatch):
+    """Reason: QLoRA without CUDA was refused only after all data was tokenized."""
+    monkeypatch.setattr(trainmod, "prepare_data", _no_data)
+    with pytest.raises(ValueError, match=r"^load_in_4bit: QLoRA .* needs a CUDA GPU; this run is on cpu"):
+        run(args(kit, tmp_path / "qlora", "--max_steps", "2", "--use_peft", "true", "--load_in_4bit", "true"))
+
+
+def test_the_requested_world_size_is_read_from_the_launcher_with_accelerates_parser():
+    from ncakit.scale.launch import requested_num_processes
+
+    cpu = str(REPO / "scale" / "accelerate" / "cpu.yaml")
+    venv = "/venv/bin/accelerate"
+    assert requested_num_processes(
+        ["python", venv, "launch", "--config_file", cpu, "--num_processes", "2", "t.py"]
+    ) == (
+        2,
+        "--num_processes 2",
+    )
+    assert (
+        requested_num_processes([venv, "launch", "--config_file", cpu, "t.py", "--num_processes", "5"])[0]
+        == 1
+    )
+    assert (
+        requested_num_processes(
+            ["python", "-m", "accelerate.commands.launch", "--num_processes", "3", "t.py"]
+        )[0]
+        == 3
+    )
+    for other in (
+        ["bash", "-c", "x"],
+        ["torchrun", "--nproc_per_node", "2", "t.py"],
+        [venv, "launch", "t.py"],
+    ):
+        assert requested_num_processes(other) is None, other  # never a guess
+
+
+def test_a_launch_running_fewer_processes_than_asked_stops_before_any_data(kit, tmp_path):
+    """Reason: `--num_processes 2` with scale/accelerate/cpu.yaml silently ran one process."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "scale" / "accelerate" / "cpu.yaml"), "--num_processes", "2",
+           str(REPO / "scale" / "train.py"), *args(kit, tmp_path / "ws", "--max_steps", "2")]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("scale/train.py: error:"))
+    assert "accelerate launch: 2 processes were asked for (--num_processes 2) but 1 is running" in line
+    assert (
+        not (tmp_path / "ws" / "metrics.jsonl").exists()
+        or not (tmp_path / "ws" / "metrics.jsonl").read_text()
+    )

@@ -10,7 +10,11 @@ FSDP2, ZeRO-3). ``scale/train.py`` and ``scale/generate.py`` are its entry point
 ``refcache``       the reference cache on disk: its key (sharding-proof identity), checked file, atomic writes
 ``train``          the training loop (set-up, one step, evaluation) behind ``scale/train.py``
 ``tracking``       TRL-named metrics over a logging window, ``metrics.jsonl``
-``checkpoint``     save / resume / final model, stopping on SIGTERM or SIGINT
+``stepcheck``      the once-per-step check: no non-finite step reaches the weights; stop signals
+``checkpoint``     atomic checkpoints, safe resume, final model, following the launcher's signals
+``fingerprint``    what a checkpoint must share with the run that resumes it
+``runlock``        one run per output folder (``run.lock``)
+``launch``         launch mistakes caught at start-up (world size, FSDP/DeepSpeed inactive, QLoRA off CUDA)
 ``generate``       sample K responses per prompt, score them, write a K-response dataset
 ``runlog``         read a run folder; the paper's Figure 2 (implicit rewards over training)
 ``tinylm``         the offline tiny-LM kit: BPE tokenizer, tiny Llama, synthetic graded tasks

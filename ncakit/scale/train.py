@@ -88,6 +88,7 @@ from ncakit.scale.data import (
 )
 from ncakit.scale.fingerprint import resume_checked, run_fingerprint
 from ncakit.scale.forward import batch_logps, install_logprob_head
+from ncakit.scale.launch import check_launch
 from ncakit.scale.reference import Reference, make_reference
 from ncakit.scale.runlock import claim_output_dir
 from ncakit.scale.stepcheck import check_step
@@ -406,6 +407,7 @@ def make_accelerator(cfg: TrainConfig):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         **kwargs,
     )
+    check_launch(cfg, accelerator)  # before any data is loaded
     if accelerator.device.type == "cpu":
         # 2 threads on these tiny tensors are far slower than 1 on a shared 2-core machine
         torch.set_num_threads(cfg.cpu_threads or 1)
