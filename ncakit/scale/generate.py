@@ -539,34 +539,29 @@ def _bool(text: str) -> bool:
 def _tiny_kit_settings(kit_dir: str) -> dict:
     """The settings of the tiny kit in ``kit_dir`` (reused as is, whatever its sizes), or {} for a
     folder with no kit yet (the defaults are built there). A broken kit is refused, never rebuilt."""
-    from ncakit.scale.tinylm import build_tiny_kit
+    from ncakit.scale.tinylm import recorded_kit_settings
 
-    names = [n for n, p in inspect.signature(build_tiny_kit).parameters.items() if p.kind is p.KEYWORD_ONLY]
     root = Path(kit_dir).expanduser()
     if root.exists() and not root.is_dir():
         raise ValueError(f"tiny_kit_dir: expected a folder, got the file {kit_dir!r}")
-    meta_file = root / "kit.json"
-    if not meta_file.is_file():
+    try:
+        recorded = recorded_kit_settings(root)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"tiny_kit_dir: expected a readable kit.json in {kit_dir!r}, got {err}") from None
+    if recorded is None:
         if root.is_dir() and any(root.iterdir()):
             raise ValueError(
                 f"tiny_kit_dir: expected an empty folder or a tiny kit (kit.json), got {kit_dir!r} holding "
                 "other files; point --tiny_kit_dir at a new folder"
             )
         return {}
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"tiny_kit_dir: expected a readable kit.json in {kit_dir!r}, got {err}") from None
     missing = [d for d in ("tokenizer", "model") if not (root / d).exists()]
     if missing:
         raise ValueError(
             f"tiny_kit_dir: expected a complete tiny kit in {kit_dir!r}, got one without {missing}; "
             "it is not rebuilt here (rebuild it with scale/train.py or remove the folder)"
         )
-    settings = {name: meta[name] for name in names if name in meta and name != "vocab_size"}
-    if "vocab_size" in names and ("vocab_size_requested" in meta or "vocab_size" in meta):
-        settings["vocab_size"] = meta.get("vocab_size_requested", meta.get("vocab_size"))
-    return settings
+    return {name: value for name, value in recorded.items() if value is not None}
 
 
 def check_generate_args(args: argparse.Namespace) -> None:

@@ -540,6 +540,18 @@ _KIT_SETTINGS = (
 )
 
 
+def recorded_kit_settings(out_dir: str | Path) -> dict | None:
+    """The :func:`build_tiny_kit` settings a kit's ``kit.json`` records (``vocab_size`` as requested,
+    None for a setting it lacks), or None when ``out_dir`` holds no ``kit.json``."""
+    meta_file = Path(out_dir) / "kit.json"
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    recorded = {name: meta.get(name) for name in _KIT_SETTINGS}
+    recorded["vocab_size"] = meta.get("vocab_size_requested", meta.get("vocab_size"))
+    return recorded
+
+
 def ensure_tiny_kit(out_dir: str | Path, **settings) -> TinyKit:
     """:func:`build_tiny_kit` once: reload the kit from ``out_dir`` when its ``kit.json`` records the
     same settings (the :func:`build_tiny_kit` keyword arguments; defaults filled in), else (re)build.
@@ -564,11 +576,8 @@ def ensure_tiny_kit(out_dir: str | Path, **settings) -> TinyKit:
     }
     wanted = {**defaults, **settings}
     root = Path(out_dir)
-    meta_file = root / "kit.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        recorded = {name: meta.get(name) for name in _KIT_SETTINGS}
-        recorded["vocab_size"] = meta.get("vocab_size_requested", meta.get("vocab_size"))
+    recorded = recorded_kit_settings(root)
+    if recorded is not None:
         if recorded == wanted and all((root / d).exists() for d in ("tokenizer", "model", "train.jsonl")):
             tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
             model = LlamaForCausalLM.from_pretrained(root / "model")
