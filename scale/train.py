@@ -12,6 +12,7 @@ import errno
 import sys
 
 from ncakit.scale.config import debug_requested
+from ncakit.scale.data.load import disk_error
 from ncakit.scale.train import main
 
 if __name__ == "__main__":
@@ -20,7 +21,8 @@ if __name__ == "__main__":
     except (ValueError, TypeError, OSError) as err:  # configuration, data and disk errors: one line
         if debug_requested() or (isinstance(err, OSError) and err.errno != errno.ENOSPC):
             raise  # --debug true / NCAKIT_DEBUG=1 show the traceback; other OS errors keep theirs
-        where = f" writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
-        message = f"no space left on device{where}" if isinstance(err, OSError) else str(err)
+        message = str(err)
+        if isinstance(err, OSError):  # the data package's wording of a full disk
+            message = str(disk_error(err, err.filename)) if err.filename else "no space left on device"
         print(f"scale/train.py: error: {message}", file=sys.stderr)
         sys.exit(2)
