@@ -664,8 +664,14 @@ def section_toy(d: dict | None) -> list[str]:
     return out
 
 
-def section_gpu(d: dict | None) -> list[str]:
-    out = ["## 5. GPU training step (7B-shaped Llama, bf16)", ""]
+def section_gpu(check: dict | None, d: dict | None) -> list[str]:
+    """Section 5: the GPU acceptance run (``gpu_check.py``'s own wording), then the older K sweep."""
+    import gpu_check
+
+    out = gpu_check.readme_section(check)
+    if d is None:
+        return out
+    out += ["### K = 2 / 4 sweep (`bench_gpu_step.py`)", ""]
     out += [
         "`bench_gpu_step.py`: Mistral-7B's shape from `LlamaConfig` (random weights), bf16, SDPA, gradient "
         "checkpointing, LoRA (r 16, all linear layers) and full fine-tuning (pure-bf16 AdamW so it fits one "
@@ -676,11 +682,6 @@ def section_gpu(d: dict | None) -> list[str]:
         "part of `make bench`.",
         "",
     ]
-    if d is None:
-        return out + [
-            "_Not measured: no GPU in this environment. Run `python benchmarks/bench_gpu_step.py` on a GPU machine._",
-            "",
-        ]
     out += [
         _machine_line(d),
         "",
@@ -722,7 +723,8 @@ def render_readme() -> str:
         "`results/logprob_head*.json` |",
         "| 3 | K scaling | `bench_k_scaling.py` | `results/k_scaling.json` |",
         "| 4 | toy sweep | `bench_toy.py` | `results/toy_sweep.json` |",
-        "| 5 | GPU step, 7B shape (GPU only, not in `make bench`) | `bench_gpu_step.py` | `results/gpu_step.json` |",
+        "| 5 | GPU acceptance run, 7B LoRA / QLoRA, 1.1B full, FSDP2 (GPU only: `make gpu-check`, not in "
+        "`make bench`) | `gpu_check.py`, `bench_gpu_step.py` | `results/gpu_*.json` |",
         "",
         "**Load.** This 2-core machine is shared with other engineers' jobs. Every result records the 1-minute "
         "load average around its runs; the benchmark itself keeps about one core busy, so a load average well "
@@ -742,7 +744,7 @@ def render_readme() -> str:
     lines += section_head(head, head_full, head_chunks)
     lines += section_k(k)
     lines += section_toy(toy)
-    lines += section_gpu(gpu)
+    lines += section_gpu(_load("gpu_check"), gpu)
     return "\n".join(line for line in lines).rstrip() + "\n"
 
 

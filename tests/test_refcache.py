@@ -275,7 +275,7 @@ def test_reference_losses_at_policy_equal_reference(peft_model, dataset, collate
 
 
 def test_precompute_on_miss_raise(model, dataset, collate, tmp_path):
-    """ZeRO-3 runs cannot run a forward before prepare: they read the cache or stop with a clear error."""
+    """``on_miss='raise'``: a caller that must not spend a forward reads the cache or gets a clear error."""
     with pytest.raises(FileNotFoundError, match="^cache_dir: no reference log-probs cached"):
         reference.precompute_reference_logps(model, dataset, collate, cache_dir=tmp_path, on_miss="raise")
     filled = reference.precompute_reference_logps(model, dataset, collate, cache_dir=tmp_path)

@@ -237,7 +237,7 @@ def test_overwrite_replaces_atomically_and_a_crash_mid_write_keeps_the_old_file(
 
 class _OneProcess:
     """The accelerator members the reference objects use, one CPU process; ``zero3`` fakes the
-    DeepSpeed ZeRO-3 plugin (so a miss must raise: no forward before prepare)."""
+    DeepSpeed ZeRO-3 plugin."""
 
     num_processes, process_index, is_main_process, mixed_precision = 1, 0, True, "no"
     device = torch.device("cpu")
@@ -313,6 +313,12 @@ def _worker(model_dir, dataset, eval_ds, collate, tok, cache_dir, out_dir, mode)
             sharded, dataset, eval_ds, collate=collate, tokenizer=tok
         )
         result["fsdp_info"], result["fsdp_train"] = hit[2], list(hit[0]["ref_logps"])
+        # a miss inside the FSDP2 run: the forward through the sharded model (all-gathers), no second launch
+        miss_cache = Path(cache_dir).parent / "cache-fsdp"
+        miss = reference.PrecomputedReference(run_config(model_dir, miss_cache), acc).prepare(
+            sharded, dataset, eval_ds, collate=collate, tokenizer=tok
+        )
+        result["fsdp_miss_info"], result["fsdp_miss_train"] = miss[2], list(miss[0]["ref_logps"])
     Path(out_dir, f"rank{acc.process_index}.json").write_text(json.dumps(result))
     acc.wait_for_everyone()
     _reset_accelerate()
@@ -339,9 +345,10 @@ def test_a_cache_written_by_two_processes_serves_one_and_eight_and_an_fsdp_run(
     # one file per split for the whole dataset, written once (no per-process shards)
     names = sorted(p.name for p in cache.iterdir())
     assert len(names) == 2 and all(n.startswith("ref_logps-") and n.endswith(".safetensors") for n in names)
-    # each process ran its block of whole batches only: train 11 rows / 4 = batches [0, 1 | 2],
-    # eval 5 rows / 4 = batches [0 | 1]
-    assert [r["forwards"] for r in ranks] == [2 + 1, 1 + 1]
+    # each process ran its block of whole batches (train 11 rows / 4 = batches [0, 1 | 2], eval 5
+    # rows / 4 = batches [0 | 1]) plus a dropped forward where its block is shorter: every process
+    # runs as many forwards as the busiest (a DDP / FSDP2 / ZeRO-3 forward is a collective)
+    assert [r["forwards"] for r in ranks] == [2 + 1, (1 + 1) + 1]
     for r in ranks:
         assert r["info"]["train"]["cache_hit"] is False and r["info"]["train"]["shards"] == 2
         assert r["train"] == clean, "2 processes ran the one-process batches: the same numbers"
@@ -349,6 +356,10 @@ def test_a_cache_written_by_two_processes_serves_one_and_eight_and_an_fsdp_run(
         assert r["partitioned"][1].startswith("a DTensor shard")
         assert r["fsdp_info"]["train"]["cache_hit"] and r["fsdp_info"]["eval"]["cache_hit"]
         assert r["fsdp_train"] == clean
+        # the miss computed inside the sharded run: the unsharded numbers (fp32 weights gathered exactly)
+        assert r["fsdp_miss_info"]["train"]["cache_hit"] is False
+        miss_diff = max(abs(a - b) for ra, rb in zip(r["fsdp_miss_train"], clean) for a, b in zip(ra, rb))
+        assert miss_diff <= 1e-5, f"FSDP2 in-run reference vs unsharded: {miss_diff:.2e}"
     assert ranks[0]["info"]["train"]["key"] == ranks[1]["info"]["train"]["key"]
 
     # one process (no accelerator collectives): a hit with identical values
@@ -403,10 +414,18 @@ def test_the_key_survives_zero3_partitioning_and_follows_the_weights_on_disk(
     changed.save_pretrained(other_dir)
     assert refcache.model_files_fingerprint(other_dir) != ident
     other = reference.PrecomputedReference(run_config(other_dir, cache), _OneProcess(zero3=True))
-    with pytest.raises(FileNotFoundError, match="^cache_dir: no reference log-probs cached"):
-        other.prepare(partition_like_zero3(load(other_dir)), dataset, None, collate=collate, tokenizer=tok)
-    # a miss with partitioned weights and on_miss="compute" is refused before any forward
-    with pytest.raises(ValueError, match="^model: parameter .* cannot run before the model is prepared"):
+    # a miss computes inside the run, through the engine; partitioned weights OUTSIDE an engine
+    # (not what accelerator.prepare returned) are refused before any forward
+    outside = partition_like_zero3(load(other_dir))
+    with (
+        ForwardCounter(outside) as counter,
+        pytest.raises(
+            ValueError, match=r"^model: parameter .* partition .* cannot run outside its distributed engine"
+        ),
+    ):
+        other.prepare(outside, dataset, None, collate=collate, tokenizer=tok)
+    assert counter.calls == 0
+    with pytest.raises(ValueError, match="^model: parameter .* cannot run outside its distributed engine"):
         reference.precompute_reference_logps(
             partition_like_zero3(load(other_dir)), dataset, collate, cache_dir=cache, model_id=ident + "x"
         )

@@ -704,3 +704,40 @@ def test_a_launch_running_fewer_processes_than_asked_stops_before_any_data(kit, 
         not (tmp_path / "ws" / "metrics.jsonl").exists()
         or not (tmp_path / "ws" / "metrics.jsonl").read_text()
     )
+
+
+def test_independent_processes_sharing_an_output_dir_stop_before_any_data(kit, tmp_path, monkeypatch):
+    """Reason: ``--multi_gpu`` on CPU (or torchrun without ACCELERATE_USE_CPU) started N processes that
+    accelerate ran as N independent one-process runs, all writing the same output folder."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(trainmod, "prepare_data", _no_data)
+    with pytest.raises(
+        ValueError,
+        match=r"^WORLD_SIZE: the launcher started 2 processes but accelerate runs each as a 1-process NO run",
+    ):
+        run(args(kit, tmp_path / "world", "--max_steps", "2"))
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, r"^NCAKIT_SHARDED_ON_CPU: set, but this launch asks for neither FSDP nor DeepSpeed"),
+        ({"ACCELERATE_USE_FSDP": "true", "CUDA": "1"}, r"^NCAKIT_SHARDED_ON_CPU: set on a machine with CUDA"),
+    ],
+    ids=["no-sharding-backend", "cuda-present"],
+)
+def test_the_cpu_sharding_shim_refuses_where_it_does_not_apply(monkeypatch, env, expected):
+    from ncakit.scale.launch import sharded_on_cpu
+
+    monkeypatch.setenv("NCAKIT_SHARDED_ON_CPU", "true")
+    for var in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        if var == "CUDA":
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        else:
+            monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=expected):
+        sharded_on_cpu()
+    monkeypatch.delenv("NCAKIT_SHARDED_ON_CPU")
+    assert sharded_on_cpu() is False  # unset: nothing touched

@@ -467,18 +467,19 @@ print("16 GPUs, FSDP2 full GA 2:", global_batch(full, 16, accumulation=2))
 # %% [markdown]
 # Two things change in kind when the model is sharded, and `scale/train.py` handles both:
 #
-# - **The reference.** With FSDP2 the reference log-probs are computed once *before* sharding
-#   (`reference: precompute`, cached on disk; the unsharded fp32 model needs 29 GB per GPU for
-#   that pass). Under ZeRO-3 the weights are partitioned while they load, so the reference pass
-#   runs first in a separate DDP launch (`--precompute_reference_only true`).
+# - **The reference.** The reference log-probs (`reference: precompute`, cached on disk) are
+#   computed once, after `accelerator.prepare`, by the sharded model itself: FSDP2 or the ZeRO-3
+#   engine gathers each layer as in training, and the forward has the policy's own numerics, so at
+#   step 0 every implicit reward is exactly 0, in bf16 too.
 # - **The LM head.** A sharded head's weight is only complete inside the module's own forward, so
 #   ncakit swaps the head for a `LogprobHead` that returns per-token log-probs from *inside* the
 #   model's forward: FSDP2 gathers the weight as for any forward, and the `[tokens, vocabulary]`
 #   logits never exist.
 #
 # **Honest status** (`scale/README.md`, "What was tested, and where"): the CPU path you ran above
-# is tested end to end (resume after SIGTERM, gradient-accumulation and 2-process invariance). The
-# GPU paths (bf16 on CUDA, QLoRA with bitsandbytes, FSDP2, ZeRO-3, multi-node) were written from
+# is tested end to end (resume after SIGTERM, gradient-accumulation and 2-process invariance), and
+# so are DDP, FSDP2 and ZeRO-3 with 2 CPU processes over gloo. The
+# GPU paths (bf16 on CUDA, QLoRA with bitsandbytes, FSDP2 and ZeRO-3 on GPUs, multi-node) were written from
 # the accelerate / peft / transformers / TRL code and documentation and have **not** been run yet;
 # neither have the memory estimates above been measured. `pytest -m gpu tests/test_train.py` is
 # the first thing to run on a GPU machine.

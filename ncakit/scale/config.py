@@ -157,7 +157,7 @@ class TrainConfig:
         None, "prompts per reference forward (default: per_device_eval_batch_size)"
     )
     precompute_reference_only: bool = _f(
-        False, "fill the reference cache and exit (run it with a single-GPU/DDP config before a ZeRO-3 run)"
+        False, "fill the reference cache and exit (any launch; a training run fills it itself)"
     )
     # ---- optimisation -------------------------------------------------------------------------------
     learning_rate: float = _f(5e-6, "peak learning rate")

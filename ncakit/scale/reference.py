@@ -1,12 +1,15 @@
 """The reference μ of the losses' ``ref_logps`` argument: ``[B, K]`` reference log-probs per batch.
 
 A training run chooses its reference ONCE (:func:`make_reference`, from ``cfg.reference``) as one
-of three small objects with the same two methods, ``prepare`` (before ``accelerator.prepare``) and
-``logps(model, batch)`` (``[B, K]``, no gradient):
+of three small objects with the same two methods, ``prepare`` (once, on the model as
+``accelerator.prepare`` returned it, before the loaders are built) and ``logps(model, batch)``
+(``[B, K]``, no gradient):
 
-- :class:`PrecomputedReference` (``precompute``) -- one pass before training, its batches split
-  over the processes, cached on disk in one file per dataset (:func:`precompute_reference_logps`);
-  the datasets gain a ``ref_logps`` column and the collator returns ``batch["ref_logps"]``.
+- :class:`PrecomputedReference` (``precompute``) -- one pass before training through the PREPARED
+  model (DDP, FSDP2 or ZeRO-3: the very forward, sharding and mixed precision the policy trains
+  with, so the implicit rewards start at 0), its batches split over the processes, cached on disk
+  in one file per dataset (:func:`precompute_reference_logps`); the datasets gain a ``ref_logps``
+  column and the collator returns ``batch["ref_logps"]``.
 - :class:`AdapterReference` (``adapter``) -- the same LoRA model with its adapter disabled, per
   batch (:func:`reference_logps_from_adapter`; MATH.md, Facts about the authors' released setup:
   the reference is the same base with the LoRA adapter disabled). No second model in memory.
@@ -198,20 +201,36 @@ def _attach(dataset, values: list[list[float]]):
 def _row_range(dataset, lo: int, hi: int):
     import datasets
 
-    if isinstance(dataset, datasets.Dataset):
-        return dataset.select(range(lo, hi))
+    if isinstance(dataset, datasets.Dataset):  # datasets refuses range(n, n) at the end: no rows
+        return dataset.select(range(lo, hi)) if hi > lo else dataset.select([])
     return list(dataset)[lo:hi]
 
 
-def _my_rows(n_rows: int, batch_size: int, processes: int, index: int) -> tuple[int, int]:
-    """Process ``index``'s rows: a contiguous block of WHOLE batches of the one-process pass, so the
-    forward sees the same batches (the same padding, the same numbers) for any number of processes."""
+def _my_rows(n_rows: int, batch_size: int, processes: int, index: int) -> tuple[int, int, int]:
+    """Process ``index``'s rows ``(lo, hi)``: a contiguous block of WHOLE batches of the one-process pass,
+    so the forward sees the same batches (the same padding, the same numbers) for any number of
+    processes; and how many forwards it must add so that every process runs as many as the busiest."""
     n_batches = -(-n_rows // batch_size)
     blocks = np.array_split(np.arange(n_batches), processes)
     mine = blocks[index]
+    extra = max(len(b) for b in blocks) - len(mine)
     if len(mine) == 0:
-        return n_rows, n_rows
-    return int(mine[0]) * batch_size, min(n_rows, (int(mine[-1]) + 1) * batch_size)
+        return n_rows, n_rows, extra
+    return int(mine[0]) * batch_size, min(n_rows, (int(mine[-1]) + 1) * batch_size), extra
+
+
+def is_prepared(model) -> bool:
+    """True for a model inside its distributed engine (DDP, FSDP2's ``fully_shard``, a DeepSpeed
+    engine), whose forward gathers whatever the process does not hold."""
+    if type(model).__name__ == "DeepSpeedEngine" or isinstance(
+        model, torch.nn.parallel.DistributedDataParallel
+    ):
+        return True
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch built without distributed
+        return False
+    return any(isinstance(m, FSDPModule) for m in unwrap_model(model).modules())
 
 
 def _collective(accelerator, fn: Callable[[], Any], *, main_only: bool) -> Any:
@@ -246,9 +265,22 @@ def _collective(accelerator, fn: Callable[[], Any], *, main_only: bool) -> Any:
 
 
 def _forward_rows(
-    model, rows, collate_fn: Callable, batch_size: int, *, average, path, disable_adapter, progress
+    model,
+    rows,
+    collate_fn: Callable,
+    batch_size: int,
+    *,
+    average,
+    path,
+    disable_adapter,
+    progress,
+    extra_forwards: int = 0,
+    filler=None,
 ):
-    """The reference forward over ``rows`` in order: (each row's K_i log-probs, sequences, tokens, seconds)."""
+    """The reference forward over ``rows`` in order: (each row's K_i log-probs, sequences, tokens, seconds).
+
+    ``extra_forwards``: forwards of the batch ``filler`` (rows) whose results are dropped, so that every
+    process of a launch runs the same number of forwards (a DDP, FSDP2 or ZeRO-3 forward is a collective)."""
     loader = DataLoader(_rows_of(rows), batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
     values: list[list[float]] = []
     n_seq = n_tok = 0
@@ -278,6 +310,10 @@ def _forward_rows(
                         "collate_fn: expected each row's responses in the first K_b columns of mask"
                     )
                 values.append(logps[b, :k_b].tolist())
+        if extra_forwards:
+            spare = collate_fn(_rows_of(filler))
+            for _ in range(extra_forwards):
+                batch_logps(model, spare, average=average, path=path)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return values, n_seq, n_tok, time.perf_counter() - t0
@@ -306,8 +342,10 @@ def precompute_reference_logps(
 
     Args:
         model: the reference model (a peft model is run with its adapter disabled unless
-            ``disable_adapter=False``). Run this BEFORE wrapping the model for distributed
-            training.
+            ``disable_adapter=False``): a plain model, or the model ``accelerator.prepare``
+            returned (DDP, FSDP2, a DeepSpeed ZeRO-3 engine), whose forward gathers the sharded
+            weights; every process then runs the same number of forwards (collectives). A model
+            whose weights are partitioned but that is not inside its engine is refused.
         dataset: tokenised rows (``ncakit.scale.data.tokenize_k_dataset`` output, or a list of dicts
             with ``prompt_ids``, ``response_ids``, ``rewards``); the whole dataset, on every process.
         collate_fn: the collator (``KResponseCollator``); rows are read in order, unshuffled.
@@ -330,8 +368,8 @@ def precompute_reference_logps(
             (e.g. a ZeRO-3 run reading a cache filled by a plain run: DeepSpeed recasts the weights).
         on_miss: ``"compute"`` (default) runs the forward pass when the cache has no valid entry;
             ``"raise"`` raises instead (``FileNotFoundError`` for no file,
-            :class:`ncakit.scale.refcache.CacheProblem` for an untrustworthy one) -- for models that
-            cannot run a forward outside their distributed engine (ZeRO-3-partitioned weights).
+            :class:`ncakit.scale.refcache.CacheProblem` for an untrustworthy one) -- for a caller
+            that must not spend a forward pass here.
         accelerator: with several processes, process r runs the forward over its contiguous block
             of whole batches (the batches of a one-process pass), the blocks are gathered, and the
             main process reads, verifies and writes the ONE cache file of the whole dataset (its
@@ -402,17 +440,17 @@ def precompute_reference_logps(
         )
 
     def check_weights():
-        part = partitioned_parameter(model)
+        part = None if is_prepared(model) else partitioned_parameter(model)
         if part is not None:
             raise ValueError(
-                f"model: parameter {part[0]!r} is {part[1]}: the reference forward cannot run before the "
-                f"model is prepared; fill the cache first (expected {cache_path}) with "
-                "scale/train.py --precompute_reference_only true on a single-GPU or DDP config"
+                f"model: parameter {part[0]!r} is {part[1]}: its forward cannot run outside its distributed "
+                "engine; pass the prepared model (accelerator.prepare(model, optimizer)), as scale/train.py does"
             )
 
     _collective(accelerator, check_weights, main_only=False)
-    lo, hi = _my_rows(len(n_resp), batch_size, n_proc, index) if n_proc > 1 else (0, len(n_resp))
+    lo, hi, extra = _my_rows(len(n_resp), batch_size, n_proc, index) if n_proc > 1 else (0, len(n_resp), 0)
     rows = dataset if (lo, hi) == (0, len(n_resp)) else _row_range(dataset, lo, hi)
+    filler = _row_range(dataset, 0, min(batch_size, len(n_resp))) if extra else None
     show = progress and (accelerator is None or accelerator.is_main_process)
 
     def forward_block():
@@ -425,6 +463,8 @@ def precompute_reference_logps(
             path=path,
             disable_adapter=disable_adapter,
             progress=show,
+            extra_forwards=extra,
+            filler=filler,
         )
 
     blocks = _collective(accelerator, forward_block, main_only=False)
@@ -485,9 +525,10 @@ class PrecomputedReference(Reference):
     One cache file per split for the whole dataset, keyed independently of the launch: the model
     by :func:`model_identity` (the files on disk or the Hub commit, never the live, possibly
     sharded tensors), the data by all its rows. On a miss, process r runs the forward over its
-    block of batches; the main process writes the file; every process gets every row. Under ZeRO-3
-    the weights are partitioned before any forward could run here: the cache must have been filled
-    by a ``--precompute_reference_only true`` run (any launch: a plain or DDP one) first (a miss raises)."""
+    block of batches through the PREPARED model (under ZeRO-3 and FSDP2 the engine gathers the
+    weights; the forward, its sharding and its mixed precision are the policy's own, so policy ==
+    reference at step 0); the main process writes the file; every process gets every row. A cache
+    filled by any launch serves any other (``--precompute_reference_only true`` fills it and stops)."""
 
     mode = "precompute"
 
@@ -510,14 +551,13 @@ class PrecomputedReference(Reference):
 
     def _precompute(self, model, ds, collate, tokenizer, model_id: str):
         cfg, accelerator = self.cfg, self.accelerator
-        zero3 = is_zero3(accelerator)
         kwargs = dict(
             batch_size=cfg.ref_batch_size or cfg.per_device_eval_batch_size,
             cache_dir=cfg.ref_cache_dir or str(Path(cfg.output_dir) / "ref_cache"),
             model_id=model_id,
             tokenizer=tokenizer,
             # the base's identity beyond its files: the same weights loaded in 4 bit, or run under
-            # another autocast or attention kernel, are another reference
+            # another autocast, sharding or attention kernel, are another reference
             key_extra={
                 "max_length": cfg.max_length,
                 "max_prompt_length": cfg.max_prompt_length,
@@ -526,21 +566,17 @@ class PrecomputedReference(Reference):
                 "bnb": [cfg.bnb_4bit_quant_type, cfg.bnb_4bit_use_double_quant, cfg.bnb_4bit_compute_dtype]
                 if cfg.load_in_4bit
                 else None,
-                "autocast": str(getattr(accelerator, "mixed_precision", "no")),
+                "autocast": _numerics(accelerator),
                 "attn_implementation": cfg.attn_implementation,
             },
             average=cfg.average_logps,
-            model_dtype=cfg.torch_dtype,  # the loading dtype: DeepSpeed may recast the weights in a later run
-            on_miss="raise" if zero3 else "compute",
+            model_dtype=cfg.torch_dtype,  # the loading dtype: DeepSpeed may recast the weights
             accelerator=accelerator,
             progress=cfg.progress and accelerator.is_main_process,
         )
-        if not cfg.load_in_4bit and not zero3 and next(model.parameters()).device != accelerator.device:
-            model.to(accelerator.device)  # prepare() would move it there anyway
-        # the same autocast as the training forward (bf16 on GPU configs): policy == reference at
-        # step 0 up to kernel noise, not up to a precision change
-        with accelerator.autocast():
-            out = precompute_reference_logps(model, ds, collate, **kwargs)
+        # the prepared model's own forward (accelerate's autocast, FSDP2's MixedPrecisionPolicy,
+        # DeepSpeed's bf16), exactly as the training step calls it
+        out = precompute_reference_logps(model, ds, collate, **kwargs)
         info = {k: out.info[k] for k in ("cache_path", "key", "cache_hit", "repaired")}
         info["shards"] = accelerator.num_processes  # processes that shared the forward (on a miss)
         info["seconds"] = float(out.info.get("seconds", 0.0))
@@ -591,6 +627,15 @@ def make_reference(cfg: TrainConfig, accelerator) -> Reference:
     if cfg.reference == "model":
         return ModelReference(accelerator, cfg.average_logps)
     raise ValueError(f"reference: expected 'precompute', 'adapter' or 'model', got {cfg.reference!r}")
+
+
+def _numerics(accelerator) -> str:
+    """The mixed precision of the reference forward, for the cache key: fp32 gives the same numbers
+    however the model is sharded; in bf16/fp16 FSDP2 (parameters cast by its MixedPrecisionPolicy)
+    and DeepSpeed (a bf16 engine) compute otherwise than autocast over fp32 weights (one process, DDP)."""
+    mp = str(getattr(accelerator, "mixed_precision", "no"))
+    engine = accelerator.distributed_type.value if hasattr(accelerator, "distributed_type") else "NO"
+    return mp if mp == "no" or engine not in ("FSDP", "DEEPSPEED") else f"{mp} ({engine})"
 
 
 def is_zero3(accelerator) -> bool:

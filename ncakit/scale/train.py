@@ -5,8 +5,9 @@ Run it through ``scale/train.py`` (a thin entry point)::
     accelerate launch --config_file scale/accelerate/cpu.yaml scale/train.py \\
         --config scale/recipes/tiny-cpu.yaml --output_dir out/scale-demo
 
-The shape is accelerate's ``examples/nlp_example.py``: :func:`set_up` builds the model, data,
-reference, optimizer and scheduler and ``accelerator.prepare`` s them; :func:`train` loops over
+The shape is accelerate's ``examples/nlp_example.py``: :func:`set_up` builds the model and data,
+:func:`prepare_model` the optimizer, ``accelerator.prepare`` s both and computes the reference on the
+prepared model, :func:`prepare_training` the loaders and scheduler; :func:`train` loops over
 batches, each micro-batch one :func:`train_step` under ``accelerator.accumulate``, and after each
 optimizer step logs (:func:`log_train_metrics`), evaluates (:func:`evaluate`) and saves
 (:func:`ncakit.scale.checkpoint.save_checkpoint`). What is ncakit's own is :func:`compute_loss`::
@@ -88,13 +89,12 @@ from ncakit.scale.data import (
 )
 from ncakit.scale.fingerprint import resume_checked, run_fingerprint
 from ncakit.scale.forward import batch_logps, install_logprob_head
-from ncakit.scale.launch import check_launch
+from ncakit.scale.launch import make_accelerator, outside_zero_init
 from ncakit.scale.reference import Reference, make_reference
 from ncakit.scale.runlock import claim_output_dir
 from ncakit.scale.stepcheck import check_step
 from ncakit.scale.tracking import (
     METRICS_FILE,
-    JsonlTracker,
     MetricsWindow,
     gather_rows,
     jsonable,
@@ -133,7 +133,7 @@ class TrainResult:
 
 @dataclass
 class Run:
-    """Everything :func:`set_up` builds for the loop (model, optimizer and loaders prepared)."""
+    """Everything :func:`set_up`, :func:`prepare_model` and :func:`prepare_training` build for the loop."""
 
     cfg: TrainConfig
     accelerator: Any
@@ -142,6 +142,7 @@ class Run:
     reference: Reference
     loss_fn: Callable
     optimizer: Any = None
+    base_optimizer: Any = None  # the torch optimizer inside accelerate's wrapper (the scheduler drives it)
     lr_scheduler: Any = None
     train_loader: Any = None
     eval_loader: Any = None
@@ -178,7 +179,7 @@ def resolve_tiny_kit(cfg: TrainConfig, accelerator) -> TrainConfig:
     from ncakit.scale.tinylm import ensure_tiny_kit
 
     kit_dir = cfg.tiny_kit_dir or str(Path(cfg.output_dir) / "tinylm-kit")
-    with accelerator.main_process_first():
+    with accelerator.main_process_first(), outside_zero_init(accelerator):
         kit = ensure_tiny_kit(
             kit_dir,
             n_train=cfg.tiny_n_train,
@@ -382,44 +383,10 @@ def build_optimizer(cfg: TrainConfig, model):
     return cls(groups, **kwargs)
 
 
-def make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
-
-    log_with: list[Any] = [JsonlTracker(Path(cfg.output_dir) / METRICS_FILE)]
-    for name in cfg.report_to:
-        from accelerate.utils import is_tensorboard_available, is_wandb_available
-
-        ok = is_tensorboard_available() if name == "tensorboard" else is_wandb_available()
-        if not ok:
-            raise ValueError(f"report_to: {name!r} is not installed in this environment (pip install {name})")
-        log_with.append(name)
-    kwargs = {}
-    if cfg.mixed_precision is not None:
-        kwargs["mixed_precision"] = cfg.mixed_precision
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with=log_with,
-        project_config=ProjectConfiguration(
-            project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")
-        ),
-        # the shuffling order depends on (seed, epoch) alone: identical on every process and on resume
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
-        **kwargs,
-    )
-    check_launch(cfg, accelerator)  # before any data is loaded
-    if accelerator.device.type == "cpu":
-        # 2 threads on these tiny tensors are far slower than 1 on a shared 2-core machine
-        torch.set_num_threads(cfg.cpu_threads or 1)
-    elif cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
-    return accelerator
-
-
 def set_up(cfg: TrainConfig, accelerator=None) -> tuple[Run, Data]:
     """Accelerator (made here unless given), seed, the tiny kit, the reference mode, tokenizer, data
-    (fails early on a pairwise loss with K > 2), model, and the reference prepared; nothing is passed
-    to ``accelerator.prepare`` yet (:func:`prepare_training` does that)."""
+    (fails early on a pairwise loss with K > 2) and model; nothing is passed to ``accelerator.prepare``
+    yet (:func:`prepare_model` does that)."""
     original = cfg
     accelerator = accelerator if accelerator is not None else make_accelerator(cfg)
     seed_everything(cfg.seed)
@@ -432,29 +399,44 @@ def set_up(cfg: TrainConfig, accelerator=None) -> tuple[Run, Data]:
     data = prepare_data(cfg, tokenizer, accelerator)
     model = load_model(cfg, accelerator)
     data.collate = KResponseCollator(tokenizer.pad_token_id, k=data.k)
-    data.train, data.eval, ref_info = reference.prepare(
-        model, data.train, data.eval, collate=data.collate, tokenizer=tokenizer
-    )
     run = Run(cfg, accelerator, model, tokenizer, reference, loss_fn, original=original)
-    run.info = {"config": cfg.to_dict(), "data": data.stats, "k": data.k, "reference": ref_info}
+    run.info = {"config": cfg.to_dict(), "data": data.stats, "k": data.k}
     return run, data
 
 
+def prepare_model(run: Run, data: Data) -> None:
+    """Optimizer; ``accelerator.prepare(model, optimizer)``; then the reference prepared on the
+    PREPARED model (the reference log-probs of ``precompute`` come from the very forward the policy
+    trains with: DDP, FSDP2's sharding and mixed-precision policy, a ZeRO-3 engine)."""
+    cfg, accelerator = run.cfg, run.accelerator
+    run.base_optimizer = build_optimizer(cfg, run.model)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
+        # the loaders are prepared later (they need the reference column): say the micro-batch here
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
+    run.model, run.optimizer = accelerator.prepare(run.model, run.base_optimizer)
+    data.train, data.eval, run.info["reference"] = run.reference.prepare(
+        run.model, data.train, data.eval, collate=data.collate, tokenizer=run.tokenizer
+    )
+
+
 def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
-    """Loaders, optimizer and scheduler; ``accelerator.prepare``; resume; trackers and ``run.json``."""
+    """Loaders and scheduler (after :func:`prepare_model`); ``accelerator.prepare``; resume; trackers
+    and ``run.json``."""
     from transformers import get_scheduler
 
     cfg, accelerator, collate = run.cfg, run.accelerator, data.collate
-    train_loader = make_dataloader(
-        data.train,
-        collate,
-        cfg.per_device_train_batch_size,
-        shuffle=True,
-        group_by_length=cfg.group_by_length,
-        seed=cfg.seed,
+    base_optimizer = run.base_optimizer
+    run.train_loader = accelerator.prepare(
+        make_dataloader(
+            data.train,
+            collate,
+            cfg.per_device_train_batch_size,
+            shuffle=True,
+            group_by_length=cfg.group_by_length,
+            seed=cfg.seed,
+        )
     )
-    base_optimizer = build_optimizer(cfg, run.model)
-    run.model, run.optimizer, run.train_loader = accelerator.prepare(run.model, base_optimizer, train_loader)
     if data.eval is not None:
         run.eval_loader = accelerator.prepare(
             make_dataloader(data.eval, collate, cfg.per_device_eval_batch_size, shuffle=False)
@@ -625,7 +607,8 @@ def save(run: Run, reason: str):
     (a run never writes a non-finite checkpoint, so rotation never deletes the last good one)."""
     bad = torch.zeros((), dtype=torch.bool, device=run.accelerator.device)
     for p in run.model.parameters():
-        bad |= ~torch.isfinite(p.detach()).all().to(bad.device)
+        local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP2 DTensor: this process's shard
+        bad |= ~torch.isfinite(local.detach()).all().to(bad.device)
     if int(run.accelerator.reduce(bad.long(), "max")):
         raise ValueError(
             f"checkpoint: non-finite weights at step {run.state.global_step}; not saved (the previous "
@@ -681,6 +664,7 @@ def _train(cfg: TrainConfig, accelerator, t_start: float, callbacks) -> TrainRes
             )
     run, data = set_up(cfg, accelerator)
     cfg, state = run.cfg, run.state
+    prepare_model(run, data)
     if cfg.precompute_reference_only:
         accelerator.print(f"reference log-probs cached: {json.dumps(run.info['reference'])}")
         accelerator.end_training()
