@@ -296,8 +296,8 @@ def worker(a, mode: str, k: int) -> dict:
     from ncakit.losses import nca
     from ncakit.scale.data import KResponseCollator
     from ncakit.scale.forward import batch_logps, install_logprob_head
+    from ncakit.scale.model import enable_checkpointing
     from ncakit.scale.reference import reference_logps_from_adapter
-    from ncakit.scale.train import enable_checkpointing
 
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")

@@ -9,7 +9,9 @@
 ``rewards/margins``         mean of chosen − rejected
 ``rewards/accuracies``      fraction of (chosen, other) pairs with r̂_chosen > r̂_other
                             (for K = 2 exactly TRL's ``rewards/accuracies``)
-``rewards/top1_accuracy``   fraction of prompts whose argmax r̂ is the argmax-reward response
+``rewards/top1_accuracy``   fraction of prompts whose argmax r̂ is the argmax-reward response; a tie
+                            for the top r̂ among m responses counts 1/m (so 1/K at step 0,
+                            where every r̂ is 0 -- chance, not a perfect score)
 ``rewards/rank_k``          mean r̂ of the k-th best response by reward, k = 1..K (K > 2 only)
 ``logps/chosen``            mean policy log-prob of the chosen response (TRL name)
 ``logps/rejected``          mean policy log-prob of the other responses
@@ -73,7 +75,9 @@ def preference_metrics(
     n_other = others.sum(dim=1).clamp(min=1).float()
     rejected = (r_sorted * others).sum(dim=1) / n_other
     wins = ((chosen[:, None] > r_sorted) & others).sum(dim=1).float() / n_other
-    top1 = (r_hat.masked_fill(~valid, -math.inf).argmax(dim=1) == order[:, 0]).float()
+    masked = r_hat.masked_fill(~valid, -math.inf)
+    at_top = (masked == masked.max(dim=1, keepdim=True).values) & valid  # ties share the credit
+    top1 = at_top.gather(1, order[:, :1]).squeeze(1).float() / at_top.sum(dim=1).clamp(min=1)
 
     m = {
         "rewards/chosen": chosen.mean(),

@@ -1,5 +1,6 @@
 """Small helpers shared by every track: seeding (once, near the top of a script or notebook), plain
-numbers for printing, and the tutorials' figure defaults (matplotlib is imported only when asked)."""
+numbers for printing, an atomic file write, and the tutorials' figure defaults (matplotlib is
+imported only when asked)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,20 @@ import random
 
 import numpy as np
 import torch
+
+
+def write_atomic(path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, never
+    half of it: a temporary file in the same folder, flushed and fsynced, then ``os.replace`` d."""
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def seed_everything(seed: int = 0, *, deterministic: bool = False) -> torch.Generator:

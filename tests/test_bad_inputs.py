@@ -559,7 +559,11 @@ CONFIG = [
         "max_grad_norm: expected a value >= 0",
     ),
     Case(
-        "report-to", cfg("--report_to", "mlflow"), ValueError, "report_to: unknown tracker", "allowed values"
+        "report-to",
+        cfg("--report_to", "tensorbord"),
+        ValueError,
+        "report_to: unknown tracker",
+        "allowed values",
     ),
     Case("save-total-limit", cfg("--save_total_limit", "0"), ValueError, "save_total_limit: expected >= 1"),
     Case(

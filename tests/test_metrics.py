@@ -60,3 +60,20 @@ def test_uniform_labels_entropy_is_log_k():
     out = L.infonca(torch.zeros(2, 4), torch.zeros(2, 4), rewards)
     m = preference_metrics(out, torch.zeros(2, 4), rewards)
     assert float(m["labels/entropy"]) == pytest.approx(math.log(4))
+
+
+def test_top1_ties_share_the_credit():
+    """Reason: at step 0 every implicit reward is 0; counting the tie as a hit reported 1.0 (a perfect
+    score) where the policy knows nothing: a tie among m valid responses counts 1/m (chance)."""
+    rewards = torch.tensor([[3.0, 1.0, 2.0, 0.0], [1.0, 2.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    zero = torch.zeros(2, 4)
+    out = L.nca(zero, zero, rewards, beta=1.0, mask=mask)
+    m = to_floats(preference_metrics(out, zero, rewards, mask))
+    assert m["rewards/top1_accuracy"] == pytest.approx((1 / 4 + 1 / 3) / 2)  # padding is not a contender
+    # a tie between the chosen response and one other: half a hit; a clear win: a whole one
+    pol = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 2.0, 1.0, 0.0]])
+    out = L.nca(pol, zero, rewards, beta=1.0, mask=mask)
+    assert to_floats(preference_metrics(out, pol, rewards, mask))["rewards/top1_accuracy"] == pytest.approx(
+        0.75
+    )

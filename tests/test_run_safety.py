@@ -352,7 +352,7 @@ import os, random, sys
 mode, seed, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 rng = random.Random(seed)
 from ncakit.scale import checkpoint as ck, train as tm
-import accelerate.utils.other as other
+import transformers.modeling_utils as other  # save_pretrained writes the checkpoint's model
 calls = {"save": 0, "replace": 0}
 if mode == "mid_training":          # killed between two steps (a seeded-random step after the first save)
     at = rng.randint(3, 5)
@@ -600,8 +600,9 @@ def test_every_state_file_is_json_safetensors_or_weights_only(kit, tmp_path):
     run(args(kit, out, "--max_steps", "3", "--save_steps", "2"))
     ck = out / "checkpoints" / "step_000002"
     names = sorted(p.name for p in ck.iterdir())
-    assert names == ["COMPLETE", "model.safetensors", "ncakit_state.json", "optimizer.bin",
-                     "random_states_0.pkl", "trainer_state.json"]  # fmt: skip
+    assert names == ["COMPLETE", "chat_template.jinja", "config.json", "generation_config.json",
+                     "model.safetensors", "ncakit_state.json", "optimizer.bin", "random_states_0.pkl",
+                     "tokenizer.json", "tokenizer_config.json", "trainer_state.json"]  # fmt: skip
     for name in ("optimizer.bin", "random_states_0.pkl"):
         from accelerate.utils import load
 

@@ -27,6 +27,7 @@ datasets = pytest.importorskip("datasets")
 
 import torch  # noqa: E402
 
+from ncakit.scale import model as modelmod  # noqa: E402
 from ncakit.scale import train as trainmod  # noqa: E402
 from ncakit.scale.tinylm import ensure_tiny_kit  # noqa: E402
 
@@ -526,7 +527,7 @@ def test_enable_checkpointing_turns_it_on_and_keeps_the_gradients():
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg).train()
         if checkpoint:
-            trainmod.enable_checkpointing(model, {"use_reentrant": False})
+            modelmod.enable_checkpointing(model, {"use_reentrant": False})
         on = getattr(model, "is_activation_checkpointing", None)
         assert (on if on is not None else model.is_gradient_checkpointing) is checkpoint
         model(input_ids=ids, labels=ids).loss.backward()

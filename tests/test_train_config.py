@@ -81,7 +81,7 @@ def test_cli_value_forms():
         (["--max_prompt_length", "1024"], ValueError, r"^max_prompt_length: expected < max_length \(1024\)"),
         (["--reference", "adapter"], ValueError, r"^reference: 'adapter' .* needs use_peft: true"),
         (["--load_in_4bit", "true"], ValueError, r"^load_in_4bit: .*set use_peft: true"),
-        (["--report_to", "mlflow"], ValueError, r"^report_to: unknown tracker 'mlflow'"),
+        (["--report_to", "tensorbord"], ValueError, r"^report_to: unknown tracker 'tensorbord'"),
         (["--max_steps"], TypeError, r"^max_steps: expected int after --max_steps, got nothing"),
         (["positional"], ValueError, r"^positional: expected --key value"),
         (["--warmup_ratio", "1.5"], ValueError, r"^warmup_ratio: expected a value in \[0, 1\)"),

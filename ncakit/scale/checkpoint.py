@@ -1,6 +1,8 @@
 """Checkpoints of a ``scale/train.py`` run: save, find, verify, resume, the final model, stopping on a signal.
 
-- :func:`save_checkpoint` -- ``accelerator.save_state`` (model, optimizer, RNG) + ``trainer_state.json``
+- :func:`save_checkpoint` -- HF-native: ``save_pretrained`` (the model, or the LoRA adapter alone) +
+  tokenizer, then ``accelerator.save_state`` (optimizer, RNG, samplers; the model itself only under
+  FSDP / DeepSpeed, whose sharded files exact resume needs) + ``trainer_state.json``
   (:class:`TrainState`: step, epoch, batches consumed) + ``ncakit_state.json`` (the run's fingerprint,
   the accepted changes, the lr scheduler's state, as JSON) into a temporary folder next to
   ``<output_dir>/checkpoints/step_NNNNNN``; every file is fsync-ed, the completion marker ``COMPLETE``
@@ -15,8 +17,9 @@
   (accelerate loads the model from safetensors and the optimizer with ``weights_only=True``; its RNG
   load would swallow a refused file, hence the check). Nothing in a checkpoint can run code.
 - :func:`load_checkpoint` -- the accelerator state, the :class:`TrainState` and the scheduler state.
-- :func:`save_final` -- the model (or the LoRA adapter) + tokenizer to ``<output_dir>/final``, and
-  with ``merge_lora`` the adapter merged into the base weights (``final/merged``).
+- :func:`save_final` -- the model (or the LoRA adapter) + tokenizer + a model card
+  (:func:`write_model_card`) to ``<output_dir>/final``, and with ``merge_lora`` the adapter merged
+  into the base weights (``final/merged``); :func:`push_to_hub` uploads it.
 - :class:`StopFlag` -- SIGTERM / SIGINT / SIGUSR1 set a flag; the loop finishes the optimizer step,
   saves a checkpoint and stops. :func:`follow_launcher` makes the death of ``accelerate launch`` /
   ``torchrun`` (killed by a signal it does not forward) a SIGTERM to the training process.
@@ -58,6 +61,12 @@ __all__ = [
     "commit_dir",
     "recover_checkpoints",
     "save_final",
+    "save_pretrained_folder",
+    "load_pretrained_weights",
+    "accelerate_writes_weights",
+    "model_card_text",
+    "write_model_card",
+    "push_to_hub",
     "StopFlag",
     "follow_launcher",
     "is_launcher",
@@ -263,6 +272,16 @@ def load_checkpoint(accelerator, path: Path, state: TrainState, lr_scheduler=Non
     (verified first by :func:`verify_checkpoint`). Returns ``ncakit_state.json``."""
     import pickle
 
+    saved, extra = read_checkpoint_state(path)
+    handle = None
+    if saved.get("weights") == "pretrained":  # the weights are the save_pretrained files only
+
+        def load_weights(models, input_dir):
+            for m in models:
+                load_pretrained_weights(accelerator.unwrap_model(m), Path(input_dir))
+            models.clear()  # accelerate has no model file of its own to load
+
+        handle = accelerator.register_load_state_pre_hook(load_weights)
     try:
         accelerator.load_state(str(path))
     except pickle.UnpicklingError as err:
@@ -270,7 +289,9 @@ def load_checkpoint(accelerator, path: Path, state: TrainState, lr_scheduler=Non
         raise ValueError(
             f"resume_from: {path}: a state file does not load with weights_only=True: {first}"
         ) from None
-    saved, extra = read_checkpoint_state(path)
+    finally:
+        if handle is not None:
+            handle.remove()
     for key in ("global_step", "epoch", "batches_in_epoch", "num_tokens", "skipped_steps"):
         setattr(state, key, int(saved.get(key, 0)))
     if lr_scheduler is not None:
@@ -286,12 +307,95 @@ def load_checkpoint(accelerator, path: Path, state: TrainState, lr_scheduler=Non
 # ----------------------------------------------------------------------------------------------
 
 
+def accelerate_writes_weights(accelerator) -> bool:
+    """True under FSDP / DeepSpeed / Megatron, where ``save_state`` writes the model itself (sharded
+    files, which the optimizer state is keyed to): those checkpoints keep them beside the
+    ``save_pretrained`` copy (exact resume of a sharded run matters more than its size)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (
+        DistributedType.FSDP,
+        DistributedType.DEEPSPEED,
+        DistributedType.MEGATRON_LM,
+    )
+
+
+def save_pretrained_folder(accelerator, model, tokenizer, folder: Path) -> None:
+    """``save_pretrained`` the PREPARED ``model`` (all processes call it: the state dict is gathered
+    under FSDP2 / ZeRO-3) into ``folder``, the main process writing: a full model loads with
+    ``AutoModelForCausalLM.from_pretrained(folder)``, a LoRA / QLoRA run holds the adapter alone
+    (``adapter_model.safetensors`` + ``adapter_config.json``: ``PeftModel.from_pretrained(base, folder)``).
+    The LM head swapped in by :func:`ncakit.scale.forward.install_logprob_head` keeps the name and the
+    Parameter of the original head, so the files are the model's own. Safetensors only."""
+    unwrapped = accelerator.unwrap_model(model)
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped.save_pretrained(
+        folder,
+        is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save,
+        state_dict=state_dict,
+        safe_serialization=True,
+    )
+    if accelerator.is_main_process and tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def load_pretrained_weights(model, folder: Path) -> None:
+    """Copy the weights :func:`save_pretrained_folder` wrote into the (unwrapped) ``model`` in place
+    (the optimizer keeps its parameters): the adapter of a PEFT model, else every weight (sharded
+    ``model.safetensors.index.json`` too); ValueError (one line) if the files do not fit the model."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if _is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+        if result.unexpected_keys:
+            raise ValueError(
+                f"resume_from: {folder}: adapter weights the model does not have: "
+                f"{', '.join(sorted(result.unexpected_keys)[:5])}"
+            )
+        return
+    index = folder / "model.safetensors.index.json"
+    names = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
+    state: dict = {}
+    for name in names or ["model.safetensors"]:
+        state.update(load_file(folder / name))
+    result = model.load_state_dict(state, strict=False)
+    tied = {k for k in result.missing_keys if k.endswith("lm_head.weight")}  # tied to the embeddings
+    missing = set(result.missing_keys) - tied
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"resume_from: {folder}: the saved weights do not fit the model (missing "
+            f"{sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]})"
+        )
+
+
 def save_checkpoint(
-    accelerator, cfg: TrainConfig, state: TrainState, *, reason: str, extra: dict | None = None
+    accelerator,
+    cfg: TrainConfig,
+    state: TrainState,
+    *,
+    reason: str,
+    extra: dict | None = None,
+    model=None,
+    tokenizer=None,
 ) -> Path:
     """Save the run at ``state.global_step`` atomically (all processes call it); ``reason`` is
     recorded, ``extra`` goes to ``ncakit_state.json`` (JSON), and only ``"periodic"`` saves prune
-    old checkpoints beyond ``cfg.save_total_limit``."""
+    old checkpoints beyond ``cfg.save_total_limit``.
+
+    With ``model`` (the PREPARED model) the folder is HF-native: :func:`save_pretrained_folder`
+    (config + ``model.safetensors``, or the LoRA adapter alone) + tokenizer, and ``save_state`` adds
+    the optimizer, RNG and sampler states; a pre-save hook keeps accelerate from writing the weights a
+    second time on one process / DDP (and the whole base model under LoRA); on resume
+    :func:`load_checkpoint` reads them back from the ``save_pretrained`` files. Under FSDP / DeepSpeed
+    accelerate's sharded model files are kept too (:func:`accelerate_writes_weights`)."""
     root = Path(cfg.output_dir) / CHECKPOINT_DIR
     final = root / f"step_{state.global_step:06d}"
     tmp = root / f".{final.name}.tmp"
@@ -300,10 +404,22 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    handle = None
+    if model is not None:
+        save_pretrained_folder(accelerator, model, tokenizer, tmp)
+        accelerator.wait_for_everyone()
+        if not accelerate_writes_weights(accelerator):
+            handle = accelerator.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
+    try:
+        accelerator.save_state(str(tmp))
+    finally:
+        if handle is not None:
+            handle.remove()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json(tmp / STATE_FILE, {**state.__dict__, "reason": reason, "time": time.time()})
+        weights = "accelerate" if model is None else ("both" if handle is None else "pretrained")
+        record = {**state.__dict__, "reason": reason, "time": time.time(), "weights": weights}
+        _write_json(tmp / STATE_FILE, record)
         _write_json(tmp / NCAKIT_STATE_FILE, extra or {})
         for p in tmp.rglob("*"):  # every byte on disk before the marker says the folder is complete
             if p.is_file():
@@ -319,23 +435,17 @@ def save_checkpoint(
     return final
 
 
-def save_final(accelerator, cfg: TrainConfig, model, tokenizer) -> Path:
-    """``save_pretrained`` the model (full) or the adapter (LoRA) + tokenizer to ``<output_dir>/final``;
-    with ``merge_lora``, also the adapter merged into a fresh copy of the base weights (``final/merged``)."""
+def save_final(accelerator, cfg: TrainConfig, model, tokenizer, metrics: dict | None = None) -> Path:
+    """:func:`save_pretrained_folder` to ``<output_dir>/final`` + a model card (:func:`write_model_card`,
+    with ``metrics``); with ``merge_lora``, also the adapter merged into a fresh copy of the base
+    weights (``final/merged``)."""
     final = Path(cfg.output_dir) / "final"
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    state_dict = accelerator.get_state_dict(model)
-    unwrapped.save_pretrained(
-        final,
-        is_main_process=accelerator.is_main_process,
-        save_function=accelerator.save,
-        state_dict=state_dict,
-    )
+    save_pretrained_folder(accelerator, model, tokenizer, final)
     if accelerator.is_main_process:
-        tokenizer.save_pretrained(final)
         if cfg.use_peft and cfg.merge_lora:
             _merge_adapter(cfg, final)
+        write_model_card(final, cfg, metrics)
     accelerator.wait_for_everyone()
     return final
 
@@ -355,6 +465,107 @@ def _merge_adapter(cfg: TrainConfig, adapter_dir: Path) -> None:
     )
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(adapter_dir / "merged")
+
+
+CARD_SETTINGS = (
+    "loss", "beta", "loss_kwargs", "average_logps", "reference", "use_peft", "lora_r", "lora_alpha",
+    "lora_dropout", "load_in_4bit", "learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps",
+    "weight_decay", "optim", "max_grad_norm", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "max_length", "max_prompt_length", "k", "mixed_precision", "torch_dtype", "seed",
+)  # fmt: skip
+
+
+def _yaml_str(value: Any) -> str:
+    return json.dumps(str(value))  # a JSON string is a valid YAML scalar
+
+
+def model_card_text(cfg: TrainConfig, metrics: dict | None = None) -> str:
+    """The README.md of a trained model: YAML front matter (``library_name``, ``base_model``, ``tags``
+    ``[ncakit, <loss>]``, ``datasets``), the recipe's settings, the data, the final metrics."""
+    settings = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
+    datasets = [d for d in (settings.get("dataset_name"), settings.get("eval_dataset_name")) if d]
+    lines = ["---", f"library_name: {'peft' if settings.get('use_peft') else 'transformers'}"]
+    lines.append(f"base_model: {_yaml_str(settings.get('model_name_or_path'))}")
+    lines.append("tags:")
+    lines += [f"- {_yaml_str(t)}" for t in ("ncakit", settings.get("loss"), "alignment")]
+    if datasets:
+        lines.append("datasets:")
+        lines += [f"- {_yaml_str(d)}" for d in dict.fromkeys(datasets)]
+    lines += ["---", "", f"# {Path(settings.get('output_dir') or 'model').name}", ""]
+    kind = "A LoRA adapter for" if settings.get("use_peft") else "A fine-tune of"
+    lines += [
+        f"{kind} `{settings.get('model_name_or_path')}`, trained with ncakit's `{settings.get('loss')}` "
+        f"loss (scale track, `scale/train.py`).",
+        "",
+        "## Recipe",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+    lines += [f"| `{k}` | `{json.dumps(settings[k], default=str)}` |" for k in CARD_SETTINGS if k in settings]
+    lines += ["", "## Data", ""]
+    for key in ("dataset_name", "dataset_schema", "dataset_split", "eval_dataset_name", "eval_split",
+                "max_train_samples", "max_eval_samples"):  # fmt: skip
+        if settings.get(key) is not None:
+            lines.append(f"- `{key}`: `{settings[key]}`")
+    lines += ["", "## Metrics", ""]
+    flat = {k: v for k, v in (metrics or {}).items() if isinstance(v, int | float | str | bool) or v is None}
+    if flat:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [
+            f"| `{k}` | {v:.6g} |" if isinstance(v, float) else f"| `{k}` | {v} |" for k, v in flat.items()
+        ]
+    else:
+        lines.append("No evaluation metrics were recorded.")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(folder: Path, cfg: TrainConfig, metrics: dict | None = None) -> Path:
+    """Write :func:`model_card_text` to ``folder/README.md`` atomically (a fsync-ed temporary file
+    renamed into place; it replaces peft's generic card). ``metrics=None``: the eval metrics of
+    ``<output_dir>/summary.json`` when that file is there."""
+    if metrics is None:
+        summary = Path(cfg.output_dir) / "summary.json"
+        try:
+            metrics = json.loads(summary.read_text()).get("eval") or None
+        except (OSError, ValueError, AttributeError):
+            metrics = None
+    folder = Path(folder)
+    target, tmp = folder / "README.md", folder / ".README.md.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(model_card_text(cfg, metrics))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    _fsync_path(folder)
+    return target
+
+
+def push_to_hub(
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload model trained with ncakit",
+) -> str:
+    """Upload ``folder`` (``final/``: weights or adapter, tokenizer, model card) to the hub repo
+    ``repo_id`` (created if missing) through ``huggingface_hub``. Returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"push_to_hub: {folder} is not a folder")
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(
+        repo_id=getattr(repo, "repo_id", repo_id),
+        folder_path=str(folder),
+        commit_message=commit_message,
+        repo_type="model",
+        ignore_patterns=[".*"],
+    )
+    return str(getattr(info, "commit_url", info))
 
 
 class StopFlag:

@@ -85,6 +85,12 @@ class TrainConfig:
         None, "'sdpa', 'flash_attention_2', 'eager' (default: transformers')"
     )
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (non-reentrant)")
+    gradient_checkpointing_kwargs: dict[str, Any] | None = _f(
+        None, "passed to gradient_checkpointing_enable (default {use_reentrant: false})"
+    )
+    disable_dropout: bool = _f(
+        True, "zero every dropout of the model, LoRA's included, after loading it (TRL's default)"
+    )
     trust_remote_code: bool = _f(False, "allow custom model code from the hub")
     # ---- the offline tiny kit (model_name_or_path / dataset_name == 'tinylm') ---------------------
     tiny_kit_dir: str | None = _f(None, "where the tiny kit is built once (default: <output_dir>/tinylm-kit)")
@@ -101,6 +107,10 @@ class TrainConfig:
     lora_alpha: int = _f(16, "LoRA alpha (scale alpha / r)")
     lora_dropout: float = _f(0.05, "LoRA dropout")
     lora_target_modules: list[str] = _f(LORA_TARGETS_LLAMA, "module names that get adapters")
+    lora_modules_to_save: list[str] | None = _f(None, "modules trained in full beside the adapters (peft)")
+    use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA (peft)")
+    use_rslora: bool = _f(False, "rank-stabilised LoRA: scale alpha / sqrt(r) (peft)")
+    load_in_8bit: bool = _f(False, "load the base weights in 8 bit with bitsandbytes (CUDA only)")
     load_in_4bit: bool = _f(False, "QLoRA: load the base weights in 4 bit with bitsandbytes (CUDA only)")
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = _f("nf4", "QLoRA: 4-bit data type")
     bnb_4bit_use_double_quant: bool = _f(True, "QLoRA: quantise the quantisation constants too")
@@ -135,6 +145,16 @@ class TrainConfig:
         None, "turn K-response data into chosen/rejected pairs (the pairwise twin of a K-way run)"
     )
     group_by_length: bool = _f(False, "batch prompts of similar length together (less padding)")
+    apply_chat_template: Literal["auto"] | bool = _f(
+        "auto",
+        "auto: the tokenizer's chat template for conversational rows only, plain text as is (TRL's rule); "
+        "true: plain text too, as a user/assistant turn; false: never (the tiny kit: true, its SFT format)",
+    )
+    on_template_mismatch: Literal["warn", "error"] = _f(
+        "warn",
+        "a chat template whose generation prompt is not a prefix of the prompt + response: warn and "
+        "split at the common prefix (TRL's fallback; the rows are counted), or stop with the fix",
+    )
     dataset_num_proc: int | None = _f(None, "processes for datasets.map")
     # ---- loss ---------------------------------------------------------------------------------------
     loss: str = _f("nca", "a name in ncakit.losses.LOSSES (nca, infonca, dpo, nca_pair, ipo, ...)")
@@ -156,23 +176,47 @@ class TrainConfig:
     ref_batch_size: int | None = _f(
         None, "prompts per reference forward (default: per_device_eval_batch_size)"
     )
+    precompute_ref_log_probs: bool | None = _f(
+        None, "TRL's switch for the reference: true = reference precompute, false = adapter (LoRA) or model"
+    )
     precompute_reference_only: bool = _f(
         False, "fill the reference cache and exit (any launch; a training run fills it itself)"
     )
     # ---- optimisation -------------------------------------------------------------------------------
     learning_rate: float = _f(5e-6, "peak learning rate")
-    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = _f(
-        "cosine", "transformers.get_scheduler name"
+    lr_scheduler_type: Literal[
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+        "cosine_with_min_lr",
+        "cosine_warmup_with_min_lr",
+        "warmup_stable_decay",
+    ] = _f("cosine", "transformers.get_scheduler name")
+    lr_scheduler_kwargs: dict[str, Any] = _f(
+        {}, "extra arguments of the scheduler, e.g. {min_lr_rate: 0.1} for cosine_with_min_lr"
     )
-    warmup_ratio: float = _f(0.1, "warm-up steps as a fraction of the optimizer steps")
-    warmup_steps: int = _f(0, "warm-up steps (overrides warmup_ratio when > 0)")
+    warmup_ratio: float = _f(0.1, "warm-up steps as a fraction of the optimizer steps (ncakit's name)")
+    warmup_steps: float = _f(
+        0,
+        "warm-up steps (overrides warmup_ratio when > 0); below 1, a fraction of the steps (transformers 5)",
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay (not on biases and norms)")
     adam_beta1: float = _f(0.9, "AdamW beta1")
     adam_beta2: float = _f(0.999, "AdamW beta2")
     adam_epsilon: float = _f(1e-8, "AdamW epsilon")
-    optim: Literal["adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit"] = _f(
-        "adamw_torch", "optimizer (paged_* need bitsandbytes)"
-    )
+    optim: Literal[
+        "adamw_torch",
+        "adamw_torch_fused",
+        "sgd",
+        "adafactor",
+        "adamw_8bit",
+        "paged_adamw_32bit",
+        "paged_adamw_8bit",
+    ] = _f("adamw_torch", "optimizer (adamw_8bit and paged_* need bitsandbytes)")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables; ZeRO-3 clips in DeepSpeed)")
     num_train_epochs: int = _f(1, "passes over the training prompts")
     max_steps: int = _f(-1, "optimizer steps to run (overrides num_train_epochs when > 0)")
@@ -182,20 +226,31 @@ class TrainConfig:
     per_device_eval_batch_size: int = _f(8, "prompts per process per eval batch")
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
     seed: int = _f(42, "seed of everything (data order, init of adapters, dropout)")
+    data_seed: int | None = _f(None, "seed of the data order alone (default: seed)")
     mixed_precision: Literal["no", "bf16", "fp16"] | None = _f(
         None, "override the accelerate config's mixed precision"
     )
+    bf16: bool = _f(False, "TRL / transformers' switch: true = mixed_precision bf16")
+    fp16: bool = _f(False, "TRL / transformers' switch: true = mixed_precision fp16")
     cpu_threads: int | None = _f(
         None, "torch threads on CPU (default 1: tiny tensors are faster on one thread)"
     )
     # ---- evaluation, logging, checkpoints -------------------------------------------------------------
+    eval_strategy: Literal["no", "steps", "epoch"] = _f(
+        "steps", "no: never evaluate; steps: every eval_steps (0: only at the end); epoch: after each epoch"
+    )
     eval_steps: int = _f(0, "evaluate every N optimizer steps (0: only at the end)")
     eval_on_start: bool = _f(False, "evaluate before the first step too (policy = reference)")
     logging_steps: int = _f(10, "log train metrics every N optimizer steps (averaged over the window)")
-    report_to: list[str] = _f([], "trackers besides the jsonl log: tensorboard, wandb")
+    report_to: list[str] = _f(
+        [], "trackers besides the jsonl log: all, none, or names (tensorboard, wandb, trackio, mlflow, ...)"
+    )
     run_name: str | None = _f(None, "tracker run name (default: the output folder's name)")
     output_dir: str = _f("out/run", "metrics.jsonl, run.json, checkpoints/, final/ go here")
-    save_steps: int = _f(0, "accelerator.save_state every N optimizer steps (0: no periodic checkpoints)")
+    save_strategy: Literal["no", "steps", "epoch"] = _f(
+        "steps", "no: no periodic checkpoints; steps: every save_steps; epoch: after each epoch"
+    )
+    save_steps: int = _f(0, "checkpoint every N optimizer steps (0: no periodic checkpoints)")
     save_total_limit: int | None = _f(2, "keep only the newest N periodic checkpoints")
     resume_from: str | None = _f(
         None, "a checkpoint folder, or 'latest' (newest under <output_dir>/checkpoints)"
@@ -216,6 +271,9 @@ class TrainConfig:
         "or skip the optimizer step (weights unchanged; counted as skipped_steps in the metrics)",
     )
     save_final: bool = _f(True, "save_pretrained the model (or adapter) and tokenizer to <output_dir>/final")
+    push_to_hub: bool = _f(False, "upload <output_dir>/final to the Hub (huggingface_hub) at the end")
+    hub_model_id: str | None = _f(None, "the Hub repo to push to (default: the output folder's name)")
+    hub_private_repo: bool | None = _f(None, "create the Hub repo private")
     merge_lora: bool = _f(
         False, "also write the adapter merged into the base weights to <output_dir>/final/merged"
     )
@@ -252,9 +310,14 @@ class TrainConfig:
         for name, v in positive.items():
             if not v > 0:
                 raise ValueError(f"{name}: expected a value > 0, got {v}")
+        self._resolve_trl_switches()
         for name in ("eval_steps", "save_steps", "warmup_steps", "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected a value >= 0, got {getattr(self, name)}")
+        if self.warmup_steps >= 1 and not float(self.warmup_steps).is_integer():
+            raise ValueError(
+                f"warmup_steps: expected a whole number of steps (or a fraction below 1), got {self.warmup_steps}"
+            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio: expected a value in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -270,6 +333,14 @@ class TrainConfig:
             raise ValueError(
                 "load_in_4bit: QLoRA trains an adapter on frozen 4-bit weights; set use_peft: true"
             )
+        if self.load_in_8bit and (self.load_in_4bit or not self.use_peft):
+            raise ValueError(
+                "load_in_8bit: 8-bit weights are frozen: set use_peft: true, and not load_in_4bit as well"
+            )
+        if (self.use_dora or self.use_rslora or self.lora_modules_to_save) and not self.use_peft:
+            raise ValueError(
+                "use_dora / use_rslora / lora_modules_to_save: LoRA settings need use_peft: true"
+            )
         if self.reference == "adapter" and not self.use_peft:
             raise ValueError(
                 "reference: 'adapter' disables the LoRA adapter to get the reference, so it needs use_peft: true; "
@@ -283,13 +354,34 @@ class TrainConfig:
             from ncakit.scale.fingerprint import check_allowed_changes
 
             check_allowed_changes(self.resume_allow_changes)
-        for tracker in self.report_to:
-            if tracker not in ("tensorboard", "wandb"):
-                raise ValueError(
-                    f"report_to: unknown tracker {tracker!r}; allowed values: ['tensorboard', 'wandb']"
-                )
+        from ncakit.scale.tracking import resolve_report_to
+
+        resolve_report_to(self.report_to, require_installed=False)  # names now; installs at start-up
+        if self.push_to_hub and not self.save_final:
+            raise ValueError("push_to_hub: uploads <output_dir>/final, so it needs save_final: true")
         check_inputs(self)  # paths and sample counts: before any model or data is loaded
         return self
+
+    def _resolve_trl_switches(self) -> None:
+        """TRL's boolean switches folded into ncakit's keys (bf16 / fp16 -> mixed_precision,
+        precompute_ref_log_probs -> reference); a contradiction is one line naming both keys."""
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16: and fp16: both true; choose one mixed precision")
+        for flag in ("bf16", "fp16"):
+            if getattr(self, flag):
+                if self.mixed_precision not in (None, flag):
+                    raise ValueError(f"{flag}: true contradicts mixed_precision: {self.mixed_precision}")
+                self.mixed_precision = flag
+        if self.precompute_ref_log_probs is not None:
+            wanted = (
+                "precompute" if self.precompute_ref_log_probs else ("adapter" if self.use_peft else "model")
+            )
+            if self.reference not in ("precompute", wanted):
+                raise ValueError(
+                    f"precompute_ref_log_probs: {str(self.precompute_ref_log_probs).lower()} contradicts "
+                    f"reference: {self.reference}; set one of them"
+                )
+            self.reference = wanted
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -441,6 +533,11 @@ def _field_types() -> dict[str, Any]:
 
 
 def _unknown_key(key: str, where: str) -> ValueError:
+    from ncakit.scale.trl_names import no_meaning_here
+
+    trl = no_meaning_here(key, where)
+    if trl is not None:
+        return trl
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -471,11 +568,27 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config: {path} must hold a mapping of key: value, got {type(raw).__name__}")
     types_ = _field_types()
     out = {}
-    for key, value in raw.items():
+    names: dict[str, str] = {}
+    for given, value in raw.items():
+        key = _canonical(str(given), names, str(path))
         if key not in types_:
-            raise _unknown_key(str(key), str(path))
+            raise _unknown_key(str(given), str(path))
         out[key] = coerce_value(key, value, types_[key])
     return out
+
+
+def _canonical(given: str, seen: dict, where: str) -> str:
+    """ncakit's key for ``given`` (a TRL alias maps to its ncakit key); the same setting given twice
+    in one place, under both names, is an error."""
+    from ncakit.scale.trl_names import canonical_key
+
+    key = canonical_key(given)
+    first = seen.get(key)
+    if first is not None and first != given:
+        trl, ours = (given, first) if key != given else (first, given)
+        raise ValueError(f"{trl}: TRL's name for {ours}, which {where} sets too; keep one of them")
+    seen[key] = given
+    return key
 
 
 def _split_cli(argv: list[str]) -> tuple[str | None, list[tuple[str, str | None]], bool]:
@@ -629,9 +742,11 @@ def parse_config(argv: list[str] | None = None, *, validate: bool = True) -> Tra
         raise SystemExit(0)
     values = load_yaml_config(config_path) if config_path else {}
     types_ = _field_types()
-    for key, raw in pairs:
+    given_here: dict[str, Any] = {}
+    for given, raw in pairs:
+        key = _canonical(given, given_here, "the command line")
         if key not in types_:
-            raise _unknown_key(key, "the command line")
+            raise _unknown_key(given, "the command line")
         if raw is None:
             if types_[key] is not bool:
                 raise TypeError(f"{key}: expected {_type_name(types_[key])} after --{key}, got nothing")

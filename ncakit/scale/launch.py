@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ncakit.scale.config import TrainConfig
-from ncakit.scale.tracking import METRICS_FILE, JsonlTracker
+from ncakit.scale.tracking import LOGGING_DIR, make_trackers
 
 __all__ = [
     "make_accelerator",
@@ -145,6 +145,11 @@ def check_launch(cfg: TrainConfig, accelerator, launcher_argv: list[str] | None 
                 f"{accelerator.num_processes} process(es) on {accelerator.device.type}; accelerate drops "
                 f"{backend} where it cannot apply (on CPU use scale/accelerate/ddp.yaml with ACCELERATE_USE_CPU=true)"
             )
+    if cfg.load_in_8bit and accelerator.device.type != "cuda":
+        raise ValueError(
+            f"load_in_8bit: 8-bit weights load with bitsandbytes, which needs a CUDA GPU; this run is on "
+            f"{accelerator.device.type} (use --load_in_8bit false, or run on a GPU)"
+        )
     if cfg.load_in_4bit and accelerator.device.type != "cuda":
         raise ValueError(
             f"load_in_4bit: QLoRA loads 4-bit weights with bitsandbytes, which needs a CUDA GPU; this run is on "
@@ -158,14 +163,8 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
-    log_with: list[Any] = [JsonlTracker(Path(cfg.output_dir) / METRICS_FILE)]
-    for name in cfg.report_to:
-        from accelerate.utils import is_tensorboard_available, is_wandb_available
-
-        ok = is_tensorboard_available() if name == "tensorboard" else is_wandb_available()
-        if not ok:
-            raise ValueError(f"report_to: {name!r} is not installed in this environment (pip install {name})")
-        log_with.append(name)
+    # metrics.jsonl, then every report_to tracker (HF Trainer tags: train/loss, eval/loss)
+    log_with: list[Any] = make_trackers(cfg)
     kwargs = {}
     if cfg.mixed_precision is not None:
         kwargs["mixed_precision"] = cfg.mixed_precision
@@ -174,10 +173,12 @@ def make_accelerator(cfg: TrainConfig):
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=log_with,
         project_config=ProjectConfiguration(
-            project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")
+            project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / LOGGING_DIR)
         ),
         # the shuffling order depends on (seed, epoch) alone: identical on every process and on resume
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=cfg.seed if cfg.data_seed is None else cfg.data_seed
+        ),
         **kwargs,
     )
     check_launch(cfg, accelerator)  # before any data is loaded

@@ -8,16 +8,21 @@
   of them; eval metrics get the ``eval_`` prefix as the HF Trainer's do.
 - :class:`JsonlTracker` -- an accelerate tracker appending ``{"step": s, **values}`` lines to
   ``<output_dir>/metrics.jsonl``, the run's log of record (``scale/plot_dynamics.py`` and the tests
-  read it); tensorboard / wandb are added next to it when asked.
+  read it), with the names above (``loss``, ``eval_loss``, ``rewards/chosen``, ...).
+- :func:`make_trackers` -- the run's trackers: the JsonlTracker, then every accelerate tracker that
+  ``report_to`` names (:func:`resolve_report_to`: ``all`` / ``none`` / names, as transformers'
+  ``report_to``), each logging HF Trainer tags (:func:`hf_tags`: ``train/loss``, ``eval/loss``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,7 +31,15 @@ from ncakit.metrics import preference_metrics
 
 __all__ = [
     "METRICS_FILE",
+    "LOGGING_DIR",
     "JsonlTracker",
+    "hf_tags",
+    "HFTags",
+    "with_hf_tags",
+    "tracker_names",
+    "resolve_report_to",
+    "tracker_project_name",
+    "make_trackers",
     "jsonable",
     "MetricsWindow",
     "gather_rows",
@@ -35,6 +48,8 @@ __all__ = [
 ]
 
 METRICS_FILE = "metrics.jsonl"
+#: the accelerate ``logging_dir`` under ``output_dir``: tensorboard writes ``<it>/<project name>/events.*``
+LOGGING_DIR = "logs"
 
 
 def jsonable(v):
@@ -86,6 +101,118 @@ class JsonlTracker(GeneralTracker):
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+# ----------------------------------------------------------------------------------------------
+# report_to: every accelerate tracker, with the HF Trainer's tags
+# ----------------------------------------------------------------------------------------------
+
+
+def hf_tags(values: dict) -> dict:
+    """The tags the HF Trainer gives its trackers (transformers' ``integrations.rewrite_logs``):
+    ``eval_<rest>`` -> ``eval/<rest>``, ``test_<rest>`` -> ``test/<rest>``, any other key ->
+    ``train/<key>`` (``loss`` -> ``train/loss``, ``rewards/chosen`` -> ``train/rewards/chosen``,
+    ``eval_rewards/chosen`` -> ``eval/rewards/chosen``). Written out here, not imported: importing
+    ``transformers.integrations`` pulls the Trainer's callbacks, peft and sympy (seconds);
+    ``tests/test_tracking.py`` checks it against transformers' own."""
+    out = {}
+    for k, v in values.items():
+        if k.startswith("eval_"):
+            out["eval/" + k[len("eval_") :]] = v
+        elif k.startswith("test_"):
+            out["test/" + k[len("test_") :]] = v
+        else:
+            out["train/" + k] = v
+    return out
+
+
+class HFTags:
+    """Mixin for an accelerate tracker: its ``log`` receives :func:`hf_tags` of the values (the run
+    logs metrics.jsonl's names, ``loss`` / ``eval_loss``; this tracker shows ``train/loss`` /
+    ``eval/loss``). Everything else (``name``, ``tracker``, ``start``, ``finish``) is the tracker's."""
+
+    def log(self, values: dict, step: int | None = None, **kwargs):
+        return super().log(hf_tags(values), step=step, **kwargs)
+
+
+@functools.cache
+def with_hf_tags(cls: type) -> type:
+    """``cls`` (an accelerate ``GeneralTracker`` subclass) with :class:`HFTags` in front: same name,
+    same ``name`` attribute, so ``accelerator.get_tracker("tensorboard")`` still finds it."""
+    return type(cls.__name__, (HFTags, cls), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+def tracker_names() -> list[str]:
+    """Every tracker accelerate knows by name (``LoggerType`` and ``register_tracker_class``'s), sorted."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return sorted(LOGGER_TYPE_TO_CLASS)
+
+
+def _installed(name: str) -> bool:
+    """accelerate's own check (``accelerate.utils.is_<name>_available``); a tracker registered with
+    ``register_tracker_class`` (no such check) counts as installed."""
+    import accelerate.utils
+
+    check = getattr(accelerate.utils, f"is_{name}_available", None)
+    return True if check is None else bool(check())
+
+
+def resolve_report_to(report_to: list[str] | str | None, *, require_installed: bool = True) -> list[str]:
+    """``report_to`` as transformers reads it -> the accelerate tracker names to start, in order.
+
+    ``"all"`` -> every tracker of accelerate's ``LoggerType`` installed here; ``"none"``, ``[]`` or None
+    -> none (metrics.jsonl alone); names -> those (repeats dropped). An unknown name, or ``all`` /
+    ``none`` next to other names -> ValueError naming the valid ones; a known tracker that is not
+    installed -> ValueError with its ``pip install`` (``require_installed=False``: the names alone, as
+    a config check may want). Needs accelerate (imported here, not at import)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [str(n).strip() for n in names if str(n).strip()]
+    valid = tracker_names()
+    if len(names) > 1 and ("all" in names or "none" in names):
+        raise ValueError(f"report_to: 'all' and 'none' stand alone, got {names}")
+    if names in (["none"], []):
+        return []
+    if names == ["all"]:  # accelerate's own trackers (LoggerType), as accelerate's "all"
+        from accelerate.utils import LoggerType
+
+        return [n for n in valid if n in LoggerType.list() and _installed(n)]
+    out: list[str] = []
+    for name in names:
+        if name not in valid:
+            raise ValueError(
+                f"report_to: unknown tracker {name!r}; allowed values: {['all', 'none', *valid]}"
+            )
+        if require_installed and not _installed(name):
+            raise ValueError(f"report_to: {name!r} is not installed in this environment (pip install {name})")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def tracker_project_name(cfg) -> str:
+    """The project / run name every tracker gets: ``cfg.run_name``, else the output folder's name."""
+    return cfg.run_name or Path(cfg.output_dir).name
+
+
+def make_trackers(cfg) -> list[Any]:
+    """The run's trackers, for ``Accelerator(log_with=...)``: :class:`JsonlTracker` on
+    ``<output_dir>/metrics.jsonl`` first (today's names), then one accelerate tracker per
+    :func:`resolve_report_to` name, built here (``with_hf_tags(cls)(project, logging_dir)``, as
+    ``accelerator.init_trackers`` would build it, project :func:`tracker_project_name`, logging dir
+    ``<output_dir>/logs``) so that it logs the HF Trainer's tags (:func:`hf_tags`). Built objects
+    are not started: ``accelerator.init_trackers`` starts them (on the main process)."""
+    trackers: list[Any] = [JsonlTracker(Path(cfg.output_dir) / METRICS_FILE)]
+    names = resolve_report_to(cfg.report_to)
+    if not names:
+        return trackers
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    project, logging_dir = tracker_project_name(cfg), str(Path(cfg.output_dir) / LOGGING_DIR)
+    for name in names:
+        cls = with_hf_tags(LOGGER_TYPE_TO_CLASS[name])
+        trackers.append(cls(project, logging_dir) if cls.requires_logging_directory else cls(project))
+    return trackers
 
 
 class MetricsWindow:

@@ -68,18 +68,20 @@ import torch
 
 from ncakit.losses import LossOutput
 from ncakit.registry import get_loss, loss_spec
+from ncakit.scale.callbacks import CallbackList, TrainerCallback
 from ncakit.scale.checkpoint import (
     StopFlag,
     TrainState,
     follow_launcher,
     load_checkpoint,
+    push_to_hub,
     read_checkpoint_state,
     resolve_resume,
     save_checkpoint,
     save_final,
     verify_checkpoint,
 )
-from ncakit.scale.config import TrainConfig, parse_config, torch_dtype
+from ncakit.scale.config import TrainConfig, parse_config
 from ncakit.scale.data import (
     KResponseCollator,
     load_k_dataset,
@@ -88,8 +90,9 @@ from ncakit.scale.data import (
     tokenize_k_dataset,
 )
 from ncakit.scale.fingerprint import resume_checked, run_fingerprint
-from ncakit.scale.forward import batch_logps, install_logprob_head
+from ncakit.scale.forward import batch_logps
 from ncakit.scale.launch import make_accelerator, outside_zero_init
+from ncakit.scale.model import build_optimizer, load_model, load_tokenizer
 from ncakit.scale.reference import Reference, make_reference
 from ncakit.scale.runlock import claim_output_dir
 from ncakit.scale.stepcheck import check_step
@@ -98,10 +101,11 @@ from ncakit.scale.tracking import (
     MetricsWindow,
     gather_rows,
     jsonable,
+    tracker_project_name,
     versions,
     window_metrics,
 )
-from ncakit.utils import seed_everything
+from ncakit.utils import seed_everything, write_atomic
 
 __all__ = [
     "main",
@@ -156,6 +160,8 @@ class Run:
     fingerprint: dict = field(default_factory=dict)  # recorded in every checkpoint (ncakit.scale.fingerprint)
     changes: list[dict] = field(default_factory=list)  # fingerprint changes accepted on resume, all of them
     stop: StopFlag | None = None
+    callbacks: CallbackList = field(default_factory=CallbackList)
+    step_lr: float | None = None  # the learning rate of the optimizer step just taken
     nonfinite: Any = None  # this optimizer step's loss was not finite on this process (device bool)
     # this step's (micro-batch, per-prompt loss, rewards), named in the non-finite error
     step_rows: list = field(default_factory=list)
@@ -164,6 +170,8 @@ class Run:
     def log(self, values: dict, step: int) -> None:
         self.accelerator.log(values, step=step)
         self.history.append({"step": step, **values})
+        evaluation = any(k.startswith("eval_") for k in values)
+        self.callbacks.call("on_evaluate" if evaluation else "on_log", self, values, step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,86 +204,11 @@ def resolve_tiny_kit(cfg: TrainConfig, accelerator) -> TrainConfig:
         paths["tokenizer_name_or_path"] = cfg.tokenizer_name_or_path or str(kit.tokenizer_path)
     if cfg.dataset_name == "tinylm":
         paths["dataset_name"] = str(kit.train_path)
+        if cfg.apply_chat_template == "auto":  # plain-text rows; the kit's model was SFT-ed on its template
+            paths["apply_chat_template"] = True
         if cfg.eval_dataset_name is None and cfg.eval_split is not None:
             paths["eval_dataset_name"], paths["eval_split"] = str(kit.test_path), "test"
     return dataclasses.replace(cfg, **paths)
-
-
-def load_tokenizer(cfg: TrainConfig):
-    from transformers import AutoTokenizer
-
-    name = cfg.tokenizer_name_or_path or cfg.model_name_or_path
-    tok = AutoTokenizer.from_pretrained(
-        name, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
-    )
-    if tok.pad_token_id is None:  # Mistral/Llama: padding is masked everywhere, any id works
-        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
-    return tok
-
-
-def load_model(cfg: TrainConfig, accelerator):
-    """The causal LM: loaded (4-bit for QLoRA), head swapped, checkpointing on, LoRA attached."""
-    from transformers import AutoModelForCausalLM
-
-    kwargs: dict[str, Any] = {
-        "revision": cfg.model_revision,
-        "trust_remote_code": cfg.trust_remote_code,
-        "dtype": torch_dtype(cfg.torch_dtype),
-    }
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
-    if cfg.load_in_4bit:
-        if not torch.cuda.is_available():
-            raise ValueError("load_in_4bit: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels)")
-        from transformers import BitsAndBytesConfig  # imports bitsandbytes lazily, only here
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
-            bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
-            bnb_4bit_compute_dtype=torch_dtype(cfg.bnb_4bit_compute_dtype),
-            bnb_4bit_quant_storage=torch_dtype(cfg.bnb_4bit_compute_dtype),
-        )
-        kwargs["device_map"] = {"": accelerator.local_process_index}
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, **kwargs)
-    model.config.use_cache = False
-    # Swap the head before peft wraps the model, so the adapter-disabled reference uses it too.
-    if install_logprob_head(model) is None:
-        logger.warning("no LogprobHead for %s: using the chunked logits path", type(model).__name__)
-    gc_kwargs = {"use_reentrant": False}
-    quantised_peft = cfg.use_peft and cfg.load_in_4bit  # peft's k-bit preparation turns it on itself
-    if cfg.gradient_checkpointing and not quantised_peft:
-        enable_checkpointing(model, gc_kwargs)
-    if cfg.use_peft:
-        from peft import LoraConfig, get_peft_model
-
-        if cfg.load_in_4bit:
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(
-                model,
-                use_gradient_checkpointing=cfg.gradient_checkpointing,
-                gradient_checkpointing_kwargs=gc_kwargs,
-            )
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_target_modules),
-            task_type="CAUSAL_LM",
-        )
-        with torch.random.fork_rng(devices=[]):  # adapter init from cfg.seed, whatever ran before
-            torch.manual_seed(cfg.seed)
-            model = get_peft_model(model, lora)
-    return model
-
-
-def enable_checkpointing(model, kwargs: dict | None = None) -> None:
-    """Activation (gradient) checkpointing under its transformers 5 name, or the older one."""
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 @dataclass
@@ -343,7 +276,11 @@ def prepare_data(cfg: TrainConfig, tokenizer, accelerator) -> Data:
     else:
         eval_name, eval_split = cfg.dataset_name, cfg.eval_split
     tok_kwargs = dict(
-        max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, num_proc=cfg.dataset_num_proc
+        max_length=cfg.max_length,
+        max_prompt_length=cfg.max_prompt_length,
+        num_proc=cfg.dataset_num_proc,
+        apply_chat_template=cfg.apply_chat_template,
+        on_template_mismatch=cfg.on_template_mismatch,
     )
     splits = [("training", cfg.dataset_name, cfg.dataset_split, cfg.max_train_samples)]
     if eval_name is not None:
@@ -361,26 +298,6 @@ def prepare_data(cfg: TrainConfig, tokenizer, accelerator) -> Data:
     if max(ks) > k:
         raise ValueError(f"k: the data has up to {max(ks)} responses per prompt, more than k = {k}")
     return Data(datasets[0], datasets[1] if len(datasets) > 1 else None, k, stats)
-
-
-def build_optimizer(cfg: TrainConfig, model):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.dim() < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
-    if cfg.optim == "adamw_torch":
-        return torch.optim.AdamW(groups, **kwargs)
-    import bitsandbytes as bnb  # only when a paged optimizer is asked for
-
-    cls = bnb.optim.PagedAdamW32bit if cfg.optim == "paged_adamw_32bit" else bnb.optim.PagedAdamW8bit
-    return cls(groups, **kwargs)
 
 
 def set_up(cfg: TrainConfig, accelerator=None) -> tuple[Run, Data]:
@@ -420,6 +337,14 @@ def prepare_model(run: Run, data: Data) -> None:
     )
 
 
+def warmup_steps(cfg: TrainConfig, max_steps: int) -> int:
+    """Warm-up optimizer steps: ``warmup_steps`` when >= 1, a fraction of ``max_steps`` when in (0, 1)
+    (transformers 5's rule), else ``warmup_ratio`` of them."""
+    if cfg.warmup_steps >= 1:
+        return int(cfg.warmup_steps)
+    return math.ceil((cfg.warmup_steps or cfg.warmup_ratio) * max_steps)
+
+
 def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
     """Loaders and scheduler (after :func:`prepare_model`); ``accelerator.prepare``; resume; trackers
     and ``run.json``."""
@@ -434,7 +359,7 @@ def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
             cfg.per_device_train_batch_size,
             shuffle=True,
             group_by_length=cfg.group_by_length,
-            seed=cfg.seed,
+            seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
         )
     )
     if data.eval is not None:
@@ -444,14 +369,18 @@ def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
     steps_per_epoch = math.ceil(len(run.train_loader) / cfg.gradient_accumulation_steps)
     max_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_train_epochs * steps_per_epoch
     run.num_epochs = math.ceil(max_steps / steps_per_epoch)
-    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * max_steps)
+    warmup = warmup_steps(cfg, max_steps)
     # Stepped by hand once per optimizer step (not through accelerator.prepare, which steps a
     # scheduler num_processes times per call); its state is saved as JSON in ncakit_state.json (not
     # registered with accelerate, whose custom states are unpickled with weights_only=False).
     # It drives the plain torch optimizer: FSDP2 and DeepSpeed keep stepping that object's
     # param_groups (sharded / partitioned params swapped in), so the learning rates reach them.
     run.lr_scheduler = get_scheduler(
-        cfg.lr_scheduler_type, optimizer=base_optimizer, num_warmup_steps=warmup, num_training_steps=max_steps
+        cfg.lr_scheduler_type,
+        optimizer=base_optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=max_steps,
+        scheduler_specific_kwargs=dict(cfg.lr_scheduler_kwargs) or None,
     )
     run.state = TrainState(max_steps=max_steps)
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
@@ -474,7 +403,7 @@ def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
     if resume_path is None and accelerator.is_main_process and metrics_file.exists():
         metrics_file.unlink()  # a fresh run starts a fresh log; a resumed one appends to it
     tracked = {k: jsonable(v) if not isinstance(v, list | dict) else str(v) for k, v in cfg.to_dict().items()}
-    accelerator.init_trackers(cfg.run_name or output_dir.name, config=tracked)
+    accelerator.init_trackers(tracker_project_name(cfg), config=tracked)
     run.info |= {
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
@@ -492,7 +421,7 @@ def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
     if run.changes:
         run.info["resume_changes"] = run.changes
     if accelerator.is_main_process:
-        (output_dir / "run.json").write_text(json.dumps(run.info, indent=2, default=str) + "\n")
+        write_atomic(output_dir / "run.json", json.dumps(run.info, indent=2, default=str) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -575,7 +504,7 @@ def log_train_metrics(run: Run, window: MetricsWindow) -> dict:
     values = window_metrics(gather_rows(accelerator, window.tensors())) if window.parts["loss"] else {}
     values.update(
         {
-            "learning_rate": run.lr_scheduler.get_last_lr()[0],
+            "learning_rate": run.step_lr,  # the step's own (HF logs it before the scheduler steps)
             "grad_norm": float(run.grad_norm) if run.grad_norm is not None else None,
             "epoch": state.epoch + state.batches_in_epoch / max(1, len(run.train_loader)),
             "num_tokens": state.num_tokens,
@@ -614,7 +543,17 @@ def save(run: Run, reason: str):
             f"checkpoint: non-finite weights at step {run.state.global_step}; not saved (the previous "
             f"checkpoints are kept)"
         )
-    return save_checkpoint(run.accelerator, run.cfg, run.state, reason=reason, extra=checkpoint_extra(run))
+    path = save_checkpoint(
+        run.accelerator,
+        run.cfg,
+        run.state,
+        reason=reason,
+        extra=checkpoint_extra(run),
+        model=run.model,
+        tokenizer=run.tokenizer,
+    )
+    run.callbacks.call("on_save", run, path)
+    return path
 
 
 def should_stop(run: Run) -> bool:
@@ -636,12 +575,16 @@ def should_stop(run: Run) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, *, callbacks: list[Callable[[TrainState], None]] | None = None) -> TrainResult:
-    """Run one training job described by ``cfg`` (already validated). ``callbacks`` are called with
-    the :class:`TrainState` after every optimizer step (tests use them to send signals). The output
-    folder is locked for the run (:func:`claim_output_dir`), released on exit, exceptions included."""
+def train(
+    cfg: TrainConfig, *, callbacks: list[TrainerCallback | Callable[[TrainState], None]] | None = None
+) -> TrainResult:
+    """Run one training job described by ``cfg`` (already validated). ``callbacks``:
+    :class:`ncakit.scale.callbacks.TrainerCallback` s (``on_step_end``, ``on_log``, ``on_evaluate``,
+    ``on_save``), or functions called with the :class:`TrainState` after every optimizer step. The
+    output folder is locked for the run (:func:`claim_output_dir`), released on exit, exceptions included."""
 
     t_start = time.perf_counter()
+    callbacks = CallbackList(callbacks)  # a wrong callback fails here, before anything is loaded
     accelerator = make_accelerator(cfg)
     lock = claim_output_dir(cfg, accelerator)
     try:
@@ -663,6 +606,7 @@ def _train(cfg: TrainConfig, accelerator, t_start: float, callbacks) -> TrainRes
                 f"({resume_path}, step {saved_step}); use --max_steps >= {saved_step}"
             )
     run, data = set_up(cfg, accelerator)
+    run.callbacks = callbacks
     cfg, state = run.cfg, run.state
     prepare_model(run, data)
     if cfg.precompute_reference_only:
@@ -671,6 +615,7 @@ def _train(cfg: TrainConfig, accelerator, t_start: float, callbacks) -> TrainRes
         return TrainResult(Path(cfg.output_dir), state, summary={"reference": run.info["reference"]})
     prepare_training(run, data, resume_path)
     state, model, device = run.state, run.model, accelerator.device
+    evaluating = run.eval_loader is not None and cfg.eval_strategy != "no"
     if cfg.eval_on_start and run.eval_loader is not None and state.global_step == 0:
         run.log(evaluate(run), step=0)
 
@@ -699,6 +644,7 @@ def _train(cfg: TrainConfig, accelerator, t_start: float, callbacks) -> TrainRes
                 if applied:  # a skipped step's rows stay out of the metrics
                     window.extend(step_window)
                 step_window = MetricsWindow(device)
+                run.step_lr = run.lr_scheduler.get_last_lr()[0]  # the rate this step used
                 run.lr_scheduler.step()
                 state.global_step += 1
                 progress.update(1)
@@ -710,13 +656,19 @@ def _train(cfg: TrainConfig, accelerator, t_start: float, callbacks) -> TrainRes
                             loss=f"{values['loss']:.4f}", chosen=f"{values['rewards/chosen']:+.3f}"
                         )
                     window = MetricsWindow(device)
-                if run.eval_loader is not None and every(cfg.eval_steps, state.global_step):
+                epoch_end = state.batches_in_epoch == len(run.train_loader)
+                if evaluating and (
+                    (cfg.eval_strategy == "steps" and every(cfg.eval_steps, state.global_step))
+                    or (cfg.eval_strategy == "epoch" and epoch_end and not last)
+                ):
                     run.log(evaluate(run), state.global_step)
                     last_eval_step = state.global_step
-                if every(cfg.save_steps, state.global_step) and not last:
+                if not last and (
+                    (cfg.save_strategy == "steps" and every(cfg.save_steps, state.global_step))
+                    or (cfg.save_strategy == "epoch" and epoch_end)
+                ):
                     save(run, reason="periodic")
-                for cb in callbacks or ():
-                    cb(state)
+                run.callbacks.call("on_step_end", run, state)
                 interrupted = should_stop(run)
                 if last or interrupted:
                     done = True
@@ -726,10 +678,19 @@ def _train(cfg: TrainConfig, accelerator, t_start: float, callbacks) -> TrainRes
                 state.batches_in_epoch = 0
     progress.close()
 
-    if not interrupted and run.eval_loader is not None and last_eval_step != state.global_step:
+    if not interrupted and evaluating and last_eval_step != state.global_step:
         run.log(evaluate(run), state.global_step)
     if not interrupted and cfg.save_final:
-        save_final(accelerator, cfg, model, run.tokenizer)
+        last_eval = next((h for h in reversed(run.history) if "eval_loss" in h), None)
+        final_dir = save_final(accelerator, cfg, model, run.tokenizer, metrics=last_eval)
+        if cfg.push_to_hub and accelerator.is_main_process:  # the token: HF_TOKEN or `hf auth login`
+            push_to_hub(
+                final_dir,
+                cfg.hub_model_id or Path(cfg.output_dir).name,
+                private=cfg.hub_private_repo,
+                commit_message=f"ncakit {cfg.loss} run, step {run.state.global_step}",
+            )
+        accelerator.wait_for_everyone()
     return finish(run, t_start, interrupted)
 
 
@@ -738,8 +699,14 @@ def finish(run: Run, t_start: float, interrupted: bool) -> TrainResult:
     accelerator, state, history = run.accelerator, run.state, run.history
     train_logs = [h for h in history if "loss" in h]
     eval_logs = [h for h in history if "eval_loss" in h]
+    runtime = time.perf_counter() - t_start
+    losses = [h["loss"] for h in train_logs if h.get("loss") is not None]
     summary = {
-        "wall_seconds": time.perf_counter() - t_start,
+        # the HF Trainer's end-of-run names (train_loss: the mean of the logged windows' losses)
+        "train_runtime": runtime,
+        "train_loss": sum(losses) / len(losses) if losses else None,
+        "train_steps_per_second": state.global_step / runtime if runtime > 0 else None,
+        "wall_seconds": runtime,
         "global_step": state.global_step,
         "interrupted": interrupted,
         "loss_first": train_logs[0]["loss"] if train_logs else None,
@@ -749,7 +716,7 @@ def finish(run: Run, t_start: float, interrupted: bool) -> TrainResult:
     }
     output_dir = Path(run.cfg.output_dir)
     if accelerator.is_main_process:
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     accelerator.end_training()
     return TrainResult(output_dir, state, history, summary, interrupted, accelerator.unwrap_model(run.model))
 

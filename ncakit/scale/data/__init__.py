@@ -7,7 +7,7 @@ One module per step (this package re-exports their public names):
 ``schemas``     the source schemas: adapters from one source example to one canonical example
 ``drops``       drop accounting: :class:`Reason`, :class:`ExampleError`, :class:`DataStats`
 ``load``        ``datasets.load_dataset`` + adapter, :func:`to_pairwise`, :func:`save_k_dataset`
-``tokenize``    chat template, the authors' truncation, EOS once, prompt masked
+``tokenize``    TRL's chat-template rule, the authors' truncation, EOS once, prompt masked
 ``collate``     :class:`KResponseCollator`, :class:`LengthGroupedSampler`, :func:`make_dataloader`
 ==============  ============================================================================
 
@@ -74,9 +74,13 @@ Pipeline and what each step returns::
 1. :func:`load_k_dataset` -- ``datasets.load_dataset(...)`` (hub name or local files) and an
    adapter to the canonical format (:func:`canonicalize`). Unusable rows are dropped and COUNTED
    per reason (``on_bad="drop"``) or raise (``on_bad="raise"``); a missing column always raises.
-2. :func:`tokenize_k_dataset` -- chat template when the tokenizer has one, the authors'
-   truncation, EOS once, prompt masked; columns ``prompt_ids``, ``response_ids``, ``rewards``,
-   ``max_seq_len``. :func:`prepare_k_dataset` runs 1 + 2.
+2. :func:`tokenize_k_dataset` -- TRL 1.16's data conventions (``apply_chat_template="auto"``:
+   the chat template for conversational rows only, plain text tokenised as is with EOS appended;
+   ``"true"`` wraps plain text as a conversation; ``"false"`` never templates; the prompt/response
+   split where the ids diverge, a non-prefix template warned and counted or, with
+   ``on_template_mismatch="error"``, refused), the authors' truncation, prompt masked; columns
+   ``prompt_ids``, ``response_ids``, ``rewards``, ``max_seq_len``. :func:`prepare_k_dataset` runs
+   1 + 2. Same ids and DPO eval loss as TRL's DPOTrainer on the same file (tests/test_trl_data.py).
 3. :class:`KResponseCollator` -- B rows -> B·K right-padded sequences, prompt-major
    (row ``b * K + k`` is response k of prompt b, so ``logps.view(B, K)`` is the loss input).
 4. :func:`make_dataloader` -- one dataset row is one prompt with all its K responses, so a plain
@@ -132,8 +136,13 @@ from ncakit.scale.data.schemas import (
     sorted_best_first,
 )
 from ncakit.scale.data.tokenize import (
+    CHAT_TEMPLATE_MODES,
+    TEMPLATE_MISMATCH_MODES,
+    TemplateMismatchWarning,
+    is_conversational,
     prepare_k_dataset,
     render_example,
+    resolve_chat_template_mode,
     tokenize_k_dataset,
     tokenize_k_example,
 )
@@ -164,6 +173,11 @@ __all__ = [
     "looks_like_local_path",
     "to_pairwise",
     # tokenisation
+    "CHAT_TEMPLATE_MODES",
+    "TEMPLATE_MISMATCH_MODES",
+    "TemplateMismatchWarning",
+    "is_conversational",
+    "resolve_chat_template_mode",
     "render_example",
     "tokenize_k_example",
     "tokenize_k_dataset",
