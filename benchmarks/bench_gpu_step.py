@@ -189,7 +189,8 @@ def versions() -> dict:
     return out
 
 
-def _llama_config(shape: dict, attn: str):
+def llama_config(shape: dict, attn: str = "sdpa"):
+    """The Llama config of a shape dict (hidden, intermediate, layers, heads, kv_heads, vocab), untied head."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -311,7 +312,7 @@ def worker(a, mode: str, k: int) -> dict:
         dtype = torch.float32  # fp32 master weights; bf16 compute via autocast / FSDP2's policy
     else:
         dtype = torch.float32 if smoke else torch.bfloat16
-    config = _llama_config(shape, a.attn)
+    config = llama_config(shape, a.attn)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     build_times = {}

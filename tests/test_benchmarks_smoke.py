@@ -35,21 +35,11 @@ def _load(name: str):
 
 def test_gpu_flop_count_matches_the_models_parameters():
     pytest.importorskip("transformers")
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     gpu = _load("bench_gpu_step")
     shape = dict(hidden=32, intermediate=48, layers=3, heads=4, kv_heads=2, vocab=40)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=shape["vocab"],
-            hidden_size=shape["hidden"],
-            intermediate_size=shape["intermediate"],
-            num_hidden_layers=shape["layers"],
-            num_attention_heads=shape["heads"],
-            num_key_value_heads=shape["kv_heads"],
-            tie_word_embeddings=False,
-        )
-    )
+    model = LlamaForCausalLM(gpu.llama_config(shape))
     f = gpu.step_flops(shape, mode="full", seq_len=10, response_len=4, n_seqs=3, n_lora=0, recompute=False)
     d, L, V = shape["hidden"], shape["layers"], shape["vocab"]
     norms = (2 * L + 1) * d  # two RMSNorms per layer + the final one: not matmuls
@@ -191,19 +181,10 @@ TWO_LN2 = 2 * math.log(2)
 
 
 def _meta_llama(shape: dict):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=shape["vocab"],
-        hidden_size=shape["hidden"],
-        intermediate_size=shape["intermediate"],
-        num_hidden_layers=shape["layers"],
-        num_attention_heads=shape["heads"],
-        num_key_value_heads=shape["kv_heads"],
-        tie_word_embeddings=False,
-    )
     with torch.device("meta"):
-        return LlamaForCausalLM(config)
+        return LlamaForCausalLM(_load("bench_gpu_step").llama_config(shape))
 
 
 @pytest.mark.parametrize("name", ["SHAPE_7B", "SHAPE_1B"])

@@ -18,33 +18,24 @@ datasets = pytest.importorskip("datasets")
 
 import torch  # noqa: E402
 from _accelerate import reset_accelerate  # noqa: E402
+from _tinykit import build_small_kit, small_args  # noqa: E402
 
 from ncakit.scale import checkpoint as ckptmod  # noqa: E402
 from ncakit.scale import train as trainmod  # noqa: E402
-from ncakit.scale.tinylm import ensure_tiny_kit  # noqa: E402
 
 datasets.disable_progress_bars()
-SMALL = dict(n_train=24, n_test=6, k=4, hidden=32, layers=2, sft_steps=40, seed=0)
 LORA = ("--use_peft", "true", "--lora_dropout", "0", "--reference", "adapter")
 pytestmark = pytest.mark.usefixtures("clean_accelerate_state")
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kit-hf")
-    ensure_tiny_kit(root, **SMALL)
-    return root
+    return build_small_kit(tmp_path_factory, "kit-hf")
 
 
 def args(kit_dir, out_dir, *extra) -> list[str]:
-    """The small kit of tests/test_run_safety.py: 6 optimizer steps per epoch, no eval."""
-    return [
-        "--tiny_kit_dir", str(kit_dir), "--tiny_n_train", "24", "--tiny_n_test", "6",
-        "--tiny_hidden", "32", "--tiny_sft_steps", "40", "--max_length", "64", "--max_prompt_length", "48",
-        "--loss", "nca", "--beta", "0.1", "--loss_kwargs", "{alpha: 0.1}", "--learning_rate", "1e-3",
-        "--warmup_steps", "1", "--eval_split", "null", "--logging_steps", "1", "--progress", "false",
-        "--save_final", "false", "--per_device_train_batch_size", "4", "--output_dir", str(out_dir), *extra,
-    ]  # fmt: skip
+    """The small kit of tests/_tinykit.py: 6 optimizer steps per epoch, no eval."""
+    return small_args(kit_dir, out_dir, *extra)
 
 
 def run(argv, **kw) -> trainmod.TrainResult:

@@ -34,36 +34,27 @@ from ncakit.losses import LossOutput  # noqa: E402
 from ncakit.scale import checkpoint as ckptmod  # noqa: E402
 from ncakit.scale import train as trainmod  # noqa: E402
 from ncakit.scale.runlock import LOCK_FILE, RunLock  # noqa: E402
-from ncakit.scale.tinylm import ensure_tiny_kit  # noqa: E402
 
 datasets.disable_progress_bars()
 REPO = Path(__file__).resolve().parents[1]
-SMALL = dict(n_train=24, n_test=6, k=4, hidden=32, layers=2, sft_steps=40, seed=0)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}  # fmt: skip
 
 
 from _accelerate import reset_accelerate as _reset_accelerate  # noqa: E402
+from _tinykit import build_small_kit, small_args  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("clean_accelerate_state")
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kit-safety")
-    ensure_tiny_kit(root, **SMALL)
-    return root
+    return build_small_kit(tmp_path_factory, "kit-safety")
 
 
 def args(kit_dir, out_dir, *extra) -> list[str]:
     """24 prompts, 4 per step: 6 optimizer steps per epoch; no eval; log every step."""
-    return [
-        "--tiny_kit_dir", str(kit_dir), "--tiny_n_train", "24", "--tiny_n_test", "6",
-        "--tiny_hidden", "32", "--tiny_sft_steps", "40", "--max_length", "64", "--max_prompt_length", "48",
-        "--loss", "nca", "--beta", "0.1", "--loss_kwargs", "{alpha: 0.1}", "--learning_rate", "1e-3",
-        "--warmup_steps", "1", "--eval_split", "null", "--logging_steps", "1", "--progress", "false",
-        "--save_final", "false", "--per_device_train_batch_size", "4", "--output_dir", str(out_dir), *extra,
-    ]  # fmt: skip
+    return small_args(kit_dir, out_dir, "--save_final", "false", *extra)
 
 
 def run(argv, **kw) -> trainmod.TrainResult:

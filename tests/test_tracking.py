@@ -25,7 +25,6 @@ from accelerate.tracking import GeneralTracker  # noqa: E402
 
 from ncakit.scale import tracking  # noqa: E402
 from ncakit.scale import train as trainmod  # noqa: E402
-from ncakit.scale.tinylm import ensure_tiny_kit  # noqa: E402
 from ncakit.scale.tracking import (  # noqa: E402
     JsonlTracker,
     hf_tags,
@@ -35,30 +34,23 @@ from ncakit.scale.tracking import (  # noqa: E402
 )
 
 datasets.disable_progress_bars()
-SMALL = dict(n_train=24, n_test=6, k=4, hidden=32, layers=2, sft_steps=40, seed=0)
 
 from _accelerate import reset_accelerate as _reset_accelerate  # noqa: E402
+from _tinykit import build_small_kit, small_args  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("clean_accelerate_state")
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kit-tracking")
-    ensure_tiny_kit(root, **SMALL)
-    return root
+    return build_small_kit(tmp_path_factory, "kit-tracking")
 
 
 def args(kit_dir, out_dir, *extra) -> list[str]:
     """24 prompts, 4 per step; eval (6 prompts) before the first step and every 2 steps; log every step."""
-    return [
-        "--tiny_kit_dir", str(kit_dir), "--tiny_n_train", "24", "--tiny_n_test", "6",
-        "--tiny_hidden", "32", "--tiny_sft_steps", "40", "--max_length", "64", "--max_prompt_length", "48",
-        "--loss", "nca", "--beta", "0.1", "--loss_kwargs", "{alpha: 0.1}", "--learning_rate", "1e-3",
-        "--warmup_steps", "1", "--eval_split", "test", "--eval_steps", "2", "--eval_on_start", "true",
-        "--logging_steps", "1", "--progress", "false", "--save_final", "false",
-        "--per_device_train_batch_size", "4", "--output_dir", str(out_dir), *extra,
-    ]  # fmt: skip
+    return small_args(
+        kit_dir, out_dir, "--eval_split", "test", "--eval_steps", "2", "--eval_on_start", "true", *extra
+    )
 
 
 def point_trackio_at(path: Path, monkeypatch) -> None:

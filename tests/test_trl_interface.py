@@ -15,43 +15,29 @@ pytest.importorskip("accelerate")
 datasets = pytest.importorskip("datasets")
 
 import torch  # noqa: E402
+from _tinykit import build_small_kit, run_train, small_args  # noqa: E402
 
 from ncakit.scale import train as trainmod  # noqa: E402
 from ncakit.scale.callbacks import TrainerCallback  # noqa: E402
 from ncakit.scale.config import parse_config  # noqa: E402
 from ncakit.scale.model import disable_dropout  # noqa: E402
-from ncakit.scale.tinylm import ensure_tiny_kit  # noqa: E402
 from ncakit.scale.trl_names import ALIASES, REFUSED, field_table  # noqa: E402
 
 datasets.disable_progress_bars()
 pytestmark = pytest.mark.usefixtures("clean_accelerate_state")
-SMALL = dict(n_train=24, n_test=6, k=4, hidden=32, layers=2, sft_steps=40, seed=0)
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kit-trl")
-    ensure_tiny_kit(root, **SMALL)
-    return root
+    return build_small_kit(tmp_path_factory, "kit-trl")
 
 
 def args(kit_dir, out_dir, *extra, loss: bool = True) -> list[str]:
     """24 prompts, 4 per step: 6 optimizer steps per epoch; eval on the kit's 6 test prompts."""
-    nca = ["--loss", "nca", "--loss_kwargs", "{alpha: 0.1}", "--warmup_steps", "1"] if loss else []
-    return [
-        "--tiny_kit_dir", str(kit_dir), "--tiny_n_train", "24", "--tiny_n_test", "6",
-        "--tiny_hidden", "32", "--tiny_sft_steps", "40", "--max_length", "64", "--max_prompt_length", "48",
-        *nca, "--beta", "0.1", "--learning_rate", "1e-3",
-        "--logging_steps", "1", "--progress", "false", "--save_final", "false",
-        "--per_device_train_batch_size", "4", "--output_dir", str(out_dir), *extra,
-    ]  # fmt: skip
+    return small_args(kit_dir, out_dir, "--eval_split", "test", *extra, loss=loss)
 
 
-def run(argv, **kw):
-    from _accelerate import reset_accelerate
-
-    reset_accelerate()
-    return trainmod.train(parse_config(argv), **kw)
+run = run_train
 
 
 @pytest.mark.parametrize("trl, ours", sorted(ALIASES.items()))
