@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ncakit.utils import write_atomic
+
 if TYPE_CHECKING:
     from ncakit.scale.config import TrainConfig
 
@@ -531,13 +533,9 @@ def write_model_card(folder: Path, cfg: TrainConfig, metrics: dict | None = None
         except (OSError, ValueError, AttributeError):
             metrics = None
     folder = Path(folder)
-    target, tmp = folder / "README.md", folder / ".README.md.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(model_card_text(cfg, metrics))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    _fsync_path(folder)
+    target = folder / "README.md"
+    write_atomic(target, model_card_text(cfg, metrics))
+    _fsync_path(folder)  # the rename itself on disk
     return target
 
 

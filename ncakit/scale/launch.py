@@ -88,8 +88,6 @@ def sharded_on_cpu() -> bool:
     """
     if not _flag(SHARDED_ON_CPU_ENV):
         return False
-    import torch
-
     fsdp, deepspeed = _flag("ACCELERATE_USE_FSDP"), _flag("ACCELERATE_USE_DEEPSPEED")
     if not (fsdp or deepspeed):
         raise ValueError(

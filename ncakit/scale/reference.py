@@ -88,7 +88,6 @@ __all__ = [
     "precompute_reference_logps",
     "ReferenceLogps",
     "model_identity",
-    "is_zero3",
     # the cache's identity, from ncakit.scale.refcache
     "data_fingerprint",
     "model_fingerprint",
@@ -420,7 +419,7 @@ def precompute_reference_logps(
                 raise CacheProblem(
                     cache_path,
                     f"{e.what}; not recomputed (on_miss='raise'): fill the cache again "
-                    "(scale/train.py --precompute_reference_only true, on a single-GPU or DDP config)",
+                    "(scale/train.py --precompute_reference_only true, any launch)",
                 ) from None
             logger.warning("%s; recomputing it", e)
             return None, e.what
@@ -436,7 +435,7 @@ def precompute_reference_logps(
     if on_miss == "raise":
         raise FileNotFoundError(
             f"cache_dir: no reference log-probs cached for this data/model/dtype (expected {cache_path}); "
-            "fill the cache first (scale/train.py --precompute_reference_only true, on a single-GPU or DDP config)"
+            "fill the cache first (scale/train.py --precompute_reference_only true, any launch)"
         )
 
     def check_weights():
@@ -636,12 +635,6 @@ def _numerics(accelerator) -> str:
     mp = str(getattr(accelerator, "mixed_precision", "no"))
     engine = accelerator.distributed_type.value if hasattr(accelerator, "distributed_type") else "NO"
     return mp if mp == "no" or engine not in ("FSDP", "DEEPSPEED") else f"{mp} ({engine})"
-
-
-def is_zero3(accelerator) -> bool:
-    """True under DeepSpeed ZeRO stage 3 (partitioned weights: no plain forward before ``prepare``)."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return plugin is not None and getattr(plugin, "zero_stage", None) == 3
 
 
 def model_identity(cfg: TrainConfig, model=None) -> str:
