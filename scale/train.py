@@ -15,6 +15,23 @@ from ncakit.scale.config import debug_requested
 from ncakit.scale.data.load import disk_error
 from ncakit.scale.train import main
 
+
+def wait_for_the_others(seconds: float = 10.0) -> None:
+    """In a multi-process CPU (gloo) launch, wait up to ``seconds`` for the other processes to reach
+    this point too: an error raised on every process (e.g. the output folder's lock, broadcast by the
+    main process) is then printed by every process before the first exit makes the launcher
+    terminate the rest. A process that never comes (its own, other error) only costs the timeout."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+            from datetime import timedelta
+
+            dist.monitored_barrier(timeout=timedelta(seconds=seconds), wait_all_ranks=True)
+    except Exception:  # noqa: BLE001 - exiting with the error already printed is what matters
+        pass
+
+
 if __name__ == "__main__":
     try:
         main()
@@ -24,5 +41,6 @@ if __name__ == "__main__":
         message = str(err)
         if isinstance(err, OSError):  # the data package's wording of a full disk
             message = str(disk_error(err, err.filename)) if err.filename else "no space left on device"
-        print(f"scale/train.py: error: {message}", file=sys.stderr)
+        print(f"scale/train.py: error: {message}", file=sys.stderr, flush=True)
+        wait_for_the_others()
         sys.exit(2)

@@ -383,6 +383,11 @@ class TrainConfig:
                 )
             self.reference = wanted
 
+    @property
+    def data_order_seed(self) -> int:
+        """The seed of the data order: ``data_seed``, else ``seed`` (transformers' rule)."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

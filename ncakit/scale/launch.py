@@ -173,10 +173,8 @@ def make_accelerator(cfg: TrainConfig):
         project_config=ProjectConfiguration(
             project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / LOGGING_DIR)
         ),
-        # the shuffling order depends on (seed, epoch) alone: identical on every process and on resume
-        dataloader_config=DataLoaderConfiguration(
-            use_seedable_sampler=True, data_seed=cfg.seed if cfg.data_seed is None else cfg.data_seed
-        ),
+        # the shuffling order depends on (data seed, epoch) alone: identical on every process and on resume
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.data_order_seed),
         **kwargs,
     )
     check_launch(cfg, accelerator)  # before any data is loaded

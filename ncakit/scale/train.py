@@ -359,7 +359,7 @@ def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
             cfg.per_device_train_batch_size,
             shuffle=True,
             group_by_length=cfg.group_by_length,
-            seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
+            seed=cfg.data_order_seed,
         )
     )
     if data.eval is not None:
