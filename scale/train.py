@@ -11,7 +11,7 @@ variable NCAKIT_DEBUG=1) shows the full traceback instead.
 import errno
 import sys
 
-from ncakit.scale.config import debug_requested
+from ncakit.scale.cli import debug_requested
 from ncakit.scale.data.load import disk_error
 from ncakit.scale.train import main
 

@@ -24,7 +24,7 @@ datasets = pytest.importorskip("datasets")
 pytest.importorskip("transformers")
 
 from ncakit import get_loss  # noqa: E402
-from ncakit.scale import config as C  # noqa: E402
+from ncakit.scale import cli as C  # noqa: E402
 from ncakit.scale import data  # noqa: E402
 from ncakit.scale import generate as G  # noqa: E402
 

@@ -41,7 +41,7 @@ def _toy_verdict(name: str, kwargs: dict) -> str | None:
 def _scale_verdict(name: str, kwargs: dict) -> str | None:
     """None if the scale config accepts ``--loss name --loss_kwargs <kwargs>``, else the exception type."""
     pytest.importorskip("yaml")
-    from ncakit.scale.config import parse_config
+    from ncakit.scale.cli import parse_config
 
     try:
         parse_config(["--loss", name, "--loss_kwargs", json.dumps(kwargs)])

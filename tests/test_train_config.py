@@ -1,6 +1,7 @@
-"""ncakit.scale.config: defaults < YAML recipe < command line; unknown keys and bad types fail with a
-message naming the key, the expected type and the allowed values; every shipped recipe parses, and the
-authors' recipes carry the settings MATH.md lists; the accelerate configs load in accelerate."""
+"""ncakit.scale.cli / ncakit.scale.config: defaults < YAML recipe < command line, parsed by transformers'
+HfArgumentParser with ncakit's checks on top; unknown keys and bad types fail with a message naming the
+key, the expected type and the allowed values; every shipped recipe parses, and the authors' recipes
+carry the settings MATH.md lists; the accelerate configs load in accelerate."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 pytest.importorskip("yaml")
 
-from ncakit.scale.config import TrainConfig, coerce_value, config_help, load_yaml_config, parse_config  # noqa: E402
+from ncakit.scale.cli import coerce_value, config_help, load_yaml_config, parse_config  # noqa: E402
+from ncakit.scale.config import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "scale" / "recipes").glob("*.yaml"))
@@ -237,7 +239,7 @@ def test_non_finite_floats_are_refused(value):
 
 
 def test_debug_is_accepted_and_documented(monkeypatch, capsys):
-    from ncakit.scale.config import debug_requested
+    from ncakit.scale.cli import debug_requested
 
     assert parse_config(["--debug", "true", "--seed", "3"]).seed == 3
     assert parse_config(["--debug", "--seed", "3"]).seed == 3
@@ -287,3 +289,61 @@ def test_paths_are_checked_before_loading(tmp_path):
         "train.jsonl"
     )
     assert parse_config(["--dataset_name", "HuggingFaceH4/ultrafeedback_binarized"]).dataset_schema == "auto"
+
+
+def test_the_parser_is_transformers_hfargumentparser_with_its_conventions(tmp_path):
+    from transformers import HfArgumentParser
+
+    from ncakit.scale.cli import config_parser
+
+    assert isinstance(config_parser(), HfArgumentParser)
+    base = TrainConfig()
+    # HfArgumentParser's forms: --no_key for a boolean that defaults to true, a bare --flag, dashes,
+    # several values after a list key; each equals the ncakit form of the same setting
+    cfg = parse_config(
+        [
+            "--no_disable_dropout",
+            "--use_peft",
+            "--learning-rate",
+            "3e-4",
+            "--lora_target_modules",
+            "q_proj",
+            "v_proj",
+        ],
+        validate=False,
+    )
+    assert (base.disable_dropout, cfg.disable_dropout) == (True, False)
+    assert cfg.use_peft is True and cfg.learning_rate == 3e-4
+    assert (
+        cfg.lora_target_modules
+        == parse_config(["--lora_target_modules", "q_proj,v_proj"]).lora_target_modules
+    )
+    assert cfg.lora_target_modules == ["q_proj", "v_proj"]
+    # a value that starts with "-" is a value (argparse alone would read "-1e-5" as an option)
+    assert parse_config(["--learning_rate", "-1e-5"], validate=False).learning_rate == -1e-5
+    # the recipe's values are the parser's defaults (TrlParser's rule); flags override them
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("loss_type: infonca\nbeta: 0.05\n")
+    cfg = parse_config(["--config", str(recipe), "--beta", "0.2"])
+    assert (cfg.loss, cfg.beta) == ("infonca", 0.2)
+    assert parse_config([f"--config={recipe}"]).beta == 0.05
+    # --help: TRL's names beside ncakit's, and the batch size that counts prompts
+    text = config_help()
+    assert "--loss STR, --loss_type STR" in text and "--no_disable_dropout" in text
+    block = text[text.index("--per_device_train_batch_size") : text.index("--per_device_eval_batch_size")]
+    assert "prompts per process" in block
+
+
+def test_an_argparse_error_is_still_one_line_naming_the_key():
+    # argparse would print its usage and exit 2; here each is the exception the key's check raises
+    with pytest.raises(
+        TypeError,
+        match=r"^lora_target_modules: expected list of str after --lora_target_modules, got nothing$",
+    ):
+        parse_config(["--lora_target_modules"])
+    with pytest.raises(TypeError, match=r"^torch_dtype: expected one of .*got str 'fp32'"):
+        parse_config(["--dtype", "fp32"])
+    with pytest.raises(ValueError, match=r"^max_grad_norm: expected a finite float"):
+        parse_config(["--max_grad_norm=-inf"])
+    with pytest.raises(ValueError, match=r"^lr: unknown key in the command line"):
+        parse_config(["--lr", "1e-5"])  # no prefix matching: --lr is not --lr_scheduler_type

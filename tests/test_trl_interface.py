@@ -19,7 +19,7 @@ from _tinykit import build_small_kit, run_train, small_args  # noqa: E402
 
 from ncakit.scale import train as trainmod  # noqa: E402
 from ncakit.scale.callbacks import TrainerCallback  # noqa: E402
-from ncakit.scale.config import parse_config  # noqa: E402
+from ncakit.scale.cli import parse_config  # noqa: E402
 from ncakit.scale.model import disable_dropout  # noqa: E402
 from ncakit.scale.trl_names import ALIASES, REFUSED, field_table  # noqa: E402
 

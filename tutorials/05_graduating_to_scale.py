@@ -46,7 +46,8 @@ import numpy as np
 
 import ncakit
 from ncakit.registry import REFERENCE_COLOR, loss_color  # one colour per loss, project-wide
-from ncakit.scale.config import TrainConfig, parse_config
+from ncakit.scale.cli import parse_config
+from ncakit.scale.config import TrainConfig
 from ncakit.scale.runlog import plot_run_dynamics, read_run
 from ncakit.utils import notebook_style
 

@@ -707,7 +707,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], dict] | None:
 
 def debug_requested(argv: list[str] | None = None) -> bool:
     """``--debug [true]`` on the command line or ``NCAKIT_DEBUG=1``: show tracebacks."""
-    from ncakit.scale.config import debug_requested as requested
+    from ncakit.scale.cli import debug_requested as requested
 
     return requested(argv)
 

@@ -81,7 +81,8 @@ from ncakit.scale.checkpoint import (
     save_final,
     verify_checkpoint,
 )
-from ncakit.scale.config import TrainConfig, parse_config
+from ncakit.scale.cli import parse_config
+from ncakit.scale.config import TrainConfig
 from ncakit.scale.data import (
     KResponseCollator,
     load_k_dataset,
