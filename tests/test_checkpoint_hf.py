@@ -75,7 +75,7 @@ def test_a_full_checkpoint_loads_with_from_pretrained_and_holds_the_runs_weights
     seen = snapshot_saves(monkeypatch)
     out = tmp_path / "full"
     run(args(kit, out, "--max_steps", "3", "--save_steps", "2"))
-    ck = out / "checkpoints" / "step_000002"
+    ck = out / "checkpoint-2"
     loaded = AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float32)
     AutoTokenizer.from_pretrained(ck)  # the tokenizer is there too
     weights = dict(loaded.named_parameters())
@@ -95,7 +95,7 @@ def test_a_lora_checkpoint_is_the_adapter_alone_small_and_loads_with_peft(kit, t
     seen = snapshot_saves(monkeypatch)
     out = tmp_path / "lora"
     run(args(kit, out, "--max_steps", "3", "--save_steps", "2", *LORA))
-    ck = out / "checkpoints" / "step_000002"
+    ck = out / "checkpoint-2"
     assert (ck / "adapter_config.json").is_file() and not (ck / "model.safetensors").exists()
     for f in ck.rglob("*.safetensors"):  # no base weight anywhere
         with safe_open(f, "pt") as fh:
@@ -115,7 +115,7 @@ def test_resume_from_an_hf_checkpoint_equals_the_uninterrupted_run(kit, tmp_path
     run must still end bit-identical (max |dtheta| = 0) to the run that never stopped."""
     common = ("--max_steps", "5", "--save_steps", "2", "--save_total_limit", "3", *extra)
     whole = run(args(kit, tmp_path / "whole", *common))
-    ck = tmp_path / "whole" / "checkpoints" / "step_000002"
+    ck = tmp_path / "whole" / "checkpoint-2"
     resumed = run(args(kit, tmp_path / "resumed", *common, "--resume_from", str(ck)))
     assert resumed.state.global_step == 5
     a = {k: v.detach() for k, v in whole.model.state_dict().items()}
@@ -133,7 +133,7 @@ def test_a_checkpoint_of_the_old_layout_still_resumes_exactly(kit, tmp_path, mon
         trainmod, "save_checkpoint", lambda *a, model=None, tokenizer=None, **k: real(*a, **k)
     )
     run(args(kit, tmp_path / "old", *common))
-    ck = tmp_path / "old" / "checkpoints" / "step_000002"
+    ck = tmp_path / "old" / "checkpoint-2"
     assert json.loads((ck / ckptmod.STATE_FILE).read_text())["weights"] == "accelerate"
     assert not (ck / "config.json").exists()
     monkeypatch.setattr(trainmod, "save_checkpoint", real)

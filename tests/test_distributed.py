@@ -153,7 +153,7 @@ def test_fsdp2_resume_is_exact(kit, tmp_path):
     on; a new launch, into a new folder, resumes that checkpoint: steps 4-6 and the final weights equal
     the uninterrupted run's exactly."""
     whole = launch(kit, tmp_path / "whole", "fsdp2", "--save_steps", "3")
-    ckpt = tmp_path / "whole" / "checkpoints" / "step_000003"
+    ckpt = tmp_path / "whole" / "checkpoint-3"
     assert (ckpt / "COMPLETE").exists() and any(ckpt.glob("pytorch_model_fsdp_0*"))
     assert any(ckpt.glob("optimizer_0*"))
     resumed = launch(kit, tmp_path / "resumed", "fsdp2", "--save_steps", "3", "--resume_from", str(ckpt))

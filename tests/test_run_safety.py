@@ -101,7 +101,7 @@ def test_fresh_run_into_a_used_folder_stops_before_loading_and_overwrite_starts_
     rotation, then resumed by `latest`)."""
     out = tmp_path / "used"
     run(args(kit, out, "--max_steps", "4", "--save_steps", "2", "--save_total_limit", "3"))
-    assert steps_saved(out) == ["step_000002"]
+    assert steps_saved(out) == ["checkpoint-2"]
 
     def no_model(*a, **k):
         raise AssertionError("no model may be loaded before the output-folder check")
@@ -109,7 +109,7 @@ def test_fresh_run_into_a_used_folder_stops_before_loading_and_overwrite_starts_
     with monkeypatch.context() as m:
         m.setattr(trainmod, "load_model", no_model)
         with pytest.raises(
-            ValueError, match=r"^output_dir: .* holds another run \(checkpoints, metrics.jsonl"
+            ValueError, match=r"^output_dir: .* holds another run \(checkpoint-2, metrics.jsonl"
         ) as e:
             run(args(kit, out, "--max_steps", "2"))
     msg = str(e.value)
@@ -119,7 +119,7 @@ def test_fresh_run_into_a_used_folder_stops_before_loading_and_overwrite_starts_
     res = run(args(kit, out, "--max_steps", "3", "--save_steps", "1", "--overwrite_output_dir", "true"))
     assert res.state.global_step == 3
     # the old run's checkpoints and log are gone (rotation keeps only this run's), the kit cache stays
-    assert steps_saved(out) == ["step_000001", "step_000002"]
+    assert steps_saved(out) == ["checkpoint-1", "checkpoint-2"]
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert (out / "ref_cache").is_dir()
 
@@ -184,7 +184,7 @@ def test_every_process_of_a_launch_fails_when_another_run_holds_the_folder(kit, 
     assert len(errors) == 2 and all(f"in use by another run (pid {holder.pid} on" in e for e in errors), (
         errors
     )
-    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+    assert not (out / "metrics.jsonl").exists() and not list(out.glob("*checkpoint-*"))
 
 
 def test_lock_file_records_pid_host_and_start_and_is_written_atomically(tmp_path):
@@ -206,7 +206,7 @@ def two_step_ckpt(kit, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt2")
     run(args(kit, out, "--max_steps", "6", "--save_steps", "2", "--save_total_limit", "5"))
     _reset_accelerate()
-    return out / "checkpoints" / "step_000002"
+    return out / "checkpoint-2"
 
 
 @pytest.mark.parametrize(
@@ -230,7 +230,7 @@ def two_step_ckpt(kit, tmp_path_factory):
         ),
         (
             ["--max_steps", "1"],
-            r"^max_steps: 1 is below the step of the checkpoint being resumed \(.*step_000002, step 2\)",
+            r"^max_steps: 1 is below the step of the checkpoint being resumed \(.*checkpoint-2, step 2\)",
         ),
     ],
     ids=["lr", "loss", "batch_size", "grad_accum", "max_steps_below"],
@@ -253,7 +253,7 @@ def test_a_deliberate_change_is_allowed_logged_and_recorded(kit, two_step_ckpt, 
     )
     change = {"step": 2, "key": "learning_rate", "from": 0.001, "to": 0.002}
     assert json.loads((out / "run.json").read_text())["resume_changes"] == [change]
-    extra = json.loads((out / "checkpoints" / "step_000003" / ckptmod.NCAKIT_STATE_FILE).read_text())
+    extra = json.loads((out / "checkpoint-3" / ckptmod.NCAKIT_STATE_FILE).read_text())
     assert extra["changes"] == [change] and extra["fingerprint"]["learning_rate"] == 0.002
     with pytest.raises(ValueError, match=r"^resume_allow_changes: 'num_processes' is batch geometry"):
         trainmod.parse_config(["--resume_allow_changes", "num_processes"])
@@ -300,10 +300,10 @@ def test_nonfinite_stop_updates_nothing_saves_nothing_and_keeps_the_last_checkpo
             callbacks=[lambda s: seen.update(step=s.global_step)])  # fmt: skip
     assert "grad_norm nan" in str(e.value) and "\n" not in str(e.value)
     assert seen["step"] == 4, "stopped inside step 5, before its optimizer step"
-    assert steps_saved(out) == ["step_000004"], "the last finite checkpoint is kept, nothing newer written"
-    weights = ckpt_params(out / "checkpoints" / "step_000004")
+    assert steps_saved(out) == ["checkpoint-4"], "the last finite checkpoint is kept, nothing newer written"
+    weights = ckpt_params(out / "checkpoint-4")
     assert all(torch.isfinite(v).all() for v in weights.values())
-    assert not list((out / "checkpoints").glob(".*")), "no temporary folder left"
+    assert not list(out.glob(".checkpoint-*")), "no temporary folder left"
 
 
 def test_nonfinite_skip_leaves_the_weights_and_the_optimizer_untouched_and_counts(kit, tmp_path, monkeypatch):
@@ -375,7 +375,7 @@ elif mode == "between_renames":     # overwriting step 4: killed after the old f
     real = os.replace
     def rep(a, b):
         real(a, b)
-        if str(b).endswith(".step_000004.old"):
+        if str(b).endswith(".checkpoint-4.old"):
             os._exit(9)
     ck.os.replace = rep
     tm.train(tm.parse_config(argv))
@@ -398,12 +398,12 @@ def test_a_crash_at_any_point_leaves_the_last_complete_checkpoint_and_resume_is_
     out = tmp_path / mode
     common = ("--max_steps", "6", "--save_steps", "2", "--save_total_limit", "1")
     _crash(mode, args(kit, out, *common), seed)
-    assert steps_saved(out) in (["step_000002"], ["step_000004"]), steps_saved(out)
+    assert steps_saved(out) in (["checkpoint-2"], ["checkpoint-4"]), steps_saved(out)
     if mode != "mid_training":
-        assert steps_saved(out) == ["step_000002"], "the interrupted step-4 save is not a checkpoint"
-        assert (out / "checkpoints" / ".step_000004.tmp").exists(), "the unfinished save stays aside"
+        assert steps_saved(out) == ["checkpoint-2"], "the interrupted step-4 save is not a checkpoint"
+        assert (out / ".checkpoint-4.tmp").exists(), "the unfinished save stays aside"
     resumed = run(args(kit, out, *common, "--resume_from", "latest"))
-    assert not list((out / "checkpoints").glob(".*")), "the unfinished save was cleaned up"
+    assert not list(out.glob(".checkpoint-*")), "the unfinished save was cleaned up"
     assert resumed.state.global_step == 6
     assert max_diff(params(resumed.model), full6) == 0.0
 
@@ -412,15 +412,15 @@ def test_overwriting_a_checkpoint_of_the_same_step_is_atomic(kit, tmp_path, full
     out = tmp_path / "ow"
     common = ("--max_steps", "6", "--save_steps", "2", "--save_total_limit", "3")
     run(args(kit, out, *common))  # checkpoints 2 and 4 (the last step is not a periodic save)
-    before = ckpt_params(out / "checkpoints" / "step_000004")
-    step2 = str(out / "checkpoints" / "step_000002")
+    before = ckpt_params(out / "checkpoint-4")
+    step2 = str(out / "checkpoint-2")
     _crash("between_renames", args(kit, out, *common, "--resume_from", step2))  # re-saving step 4
-    ck = out / "checkpoints"
-    assert not (ck / "step_000004").exists() and (ck / ".step_000004.old").exists()
-    assert ckptmod.is_complete(ck / ".step_000004.tmp")
+    ck = out
+    assert not (ck / "checkpoint-4").exists() and (ck / ".checkpoint-4.old").exists()
+    assert ckptmod.is_complete(ck / ".checkpoint-4.tmp")
     resumed = run(args(kit, out, *common, "--resume_from", "latest"))  # recovery puts the new step 4 in place
     assert resumed.state.global_step == 6
-    assert max_diff(ckpt_params(ck / "step_000004"), before) == 0.0
+    assert max_diff(ckpt_params(ck / "checkpoint-4"), before) == 0.0
     assert max_diff(params(resumed.model), full6) == 0.0
 
 
@@ -432,23 +432,23 @@ def test_commit_and_recovery_keep_the_old_or_the_new_folder(tmp_path):
             ckptmod._write_json(path / ckptmod.COMPLETE_FILE, {"step": 1, "files": ckptmod._manifest(path)})
         return path
 
-    root = tmp_path / ckptmod.CHECKPOINT_DIR
-    final = folder(root / "step_000001", "old")
-    ckptmod.commit_dir(folder(root / ".step_000001.tmp", "new"), final)
-    assert (final / "model.safetensors").read_text() == "new" and sorted(os.listdir(root)) == ["step_000001"]
+    root = tmp_path  # checkpoint-N folders sit in the output folder itself, as the HF Trainer's
+    final = folder(root / "checkpoint-1", "old")
+    ckptmod.commit_dir(folder(root / ".checkpoint-1.tmp", "new"), final)
+    assert (final / "model.safetensors").read_text() == "new" and sorted(os.listdir(root)) == ["checkpoint-1"]
     # a crash after the old folder moved aside, before the new one moved in: recovery takes the new one
-    os.replace(final, root / ".step_000001.old")
-    folder(root / ".step_000001.tmp", "newer")
+    os.replace(final, root / ".checkpoint-1.old")
+    folder(root / ".checkpoint-1.tmp", "newer")
     ckptmod.recover_checkpoints(tmp_path)
     assert (final / "model.safetensors").read_text() == "newer" and sorted(os.listdir(root)) == [
-        "step_000001"
+        "checkpoint-1"
     ]
     # ... and the old one when the new one was unfinished
-    os.replace(final, root / ".step_000001.old")
-    folder(root / ".step_000001.tmp", "half", complete=False)
+    os.replace(final, root / ".checkpoint-1.old")
+    folder(root / ".checkpoint-1.tmp", "half", complete=False)
     ckptmod.recover_checkpoints(tmp_path)
     assert (final / "model.safetensors").read_text() == "newer" and sorted(os.listdir(root)) == [
-        "step_000001"
+        "checkpoint-1"
     ]
     # a file changed after the save: the checkpoint is refused, naming the file
     (final / "model.safetensors").write_text("ne")
@@ -565,7 +565,7 @@ def test_a_tampered_checkpoint_is_refused_and_its_payload_never_runs(
     """Reason: a registered state file was unpickled with weights_only=False and a planted payload ran."""
     out = tmp_path / "t"
     run(args(kit, out, "--max_steps", "3", "--save_steps", "2"))
-    ck = out / "checkpoints" / "step_000002"
+    ck = out / "checkpoint-2"
     marker = tmp_path / "payload-ran"
     with open(ck / target, "wb") as fh:
         pickle.dump({"state": _Payload(marker)}, fh, protocol=2)
@@ -589,7 +589,7 @@ def test_every_state_file_is_json_safetensors_or_weights_only(kit, tmp_path):
     weights_only=True (the scheduler is no longer an accelerate custom state, unpickled without it)."""
     out = tmp_path / "files"
     run(args(kit, out, "--max_steps", "3", "--save_steps", "2"))
-    ck = out / "checkpoints" / "step_000002"
+    ck = out / "checkpoint-2"
     names = sorted(p.name for p in ck.iterdir())
     assert names == ["COMPLETE", "chat_template.jinja", "config.json", "generation_config.json",
                      "model.safetensors", "ncakit_state.json", "optimizer.bin", "random_states_0.pkl",
@@ -606,7 +606,7 @@ import errno, runpy, sys
 import ncakit.scale.checkpoint as c
 write_json = c._write_json
 def full(path, payload):  # the disk fills while the step-4 checkpoint is written (its last file)
-    if path.name == c.COMPLETE_FILE and "step_000004" in str(path.parent):
+    if path.name == c.COMPLETE_FILE and "checkpoint-4" in str(path.parent):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
     return write_json(path, payload)
 c._write_json = full
@@ -624,9 +624,9 @@ def test_a_full_disk_mid_checkpoint_is_named_in_one_line_and_loses_nothing(kit, 
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert (
-        last.startswith("scale/train.py: error: no space left on device writing ") and "step_000004" in last
+        last.startswith("scale/train.py: error: no space left on device writing ") and "checkpoint-4" in last
     )
-    assert steps_saved(out) == ["step_000002"], "the checkpoint before the full disk survives rotation"
+    assert steps_saved(out) == ["checkpoint-2"], "the checkpoint before the full disk survives rotation"
     resumed = run(args(kit, out, *common, "--resume_from", "latest"))
     assert resumed.state.global_step == 6
     assert max_diff(params(resumed.model), full6) == 0.0

@@ -180,7 +180,7 @@ def test_tiny_cpu_recipe_learns_and_logs_trl_names(recipe_run):
     assert run_info["max_steps"] == res.state.global_step == 256
     summary = json.loads((out / "summary.json").read_text())
     assert summary["global_step"] == 256 and not summary["interrupted"]
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000192"], "save_total_limit: 1"
+    assert [p.name for p in out.glob("*checkpoint-*")] == ["checkpoint-192"], "save_total_limit: 1"
 
 
 @pytest.mark.slow
@@ -251,7 +251,7 @@ def test_sigterm_saves_and_resume_reproduces_uninterrupted_run(small_kit, tmp_pa
     part = run(small_args(small_kit, tmp_path / "part", *common), callbacks=[stop_at_7])
     assert signal.getsignal(signal.SIGTERM) is handler_before, "the loop restores the signal handlers"
     assert part.interrupted and part.state.global_step == 7
-    ckpt = tmp_path / "part" / "checkpoints" / "step_000007"
+    ckpt = tmp_path / "part" / "checkpoint-7"
     saved = json.loads((ckpt / "trainer_state.json").read_text())
     assert saved["reason"] == "SIGTERM"
     assert (saved["epoch"], saved["batches_in_epoch"]) == (1, 2), (

@@ -149,7 +149,7 @@ nca_dir = launch("--config", "scale/recipes/tiny-cpu.yaml", name="nca")
 #   summary.json      wall time, first/last loss, the last eval record
 #   tinylm-kit/       the tiny tokenizer, SFT model and K = 4 data (built once, reused)
 #   ref_cache/        log μ(y|x) of every answer, computed once before training
-#   checkpoints/      accelerator.save_state every save_steps (resume with --resume_from latest)
+#   checkpoint-N/     every save_steps: save_pretrained + optimizer state (--resume_from latest)
 #   final/            save_pretrained: the trained model (or LoRA adapter) and tokenizer
 # ```
 #

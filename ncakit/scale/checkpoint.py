@@ -5,7 +5,8 @@
   FSDP / DeepSpeed, whose sharded files exact resume needs) + ``trainer_state.json``
   (:class:`TrainState`: step, epoch, batches consumed) + ``ncakit_state.json`` (the run's fingerprint,
   the accepted changes, the lr scheduler's state, as JSON) into a temporary folder next to
-  ``<output_dir>/checkpoints/step_NNNNNN``; every file is fsync-ed, the completion marker ``COMPLETE``
+  ``<output_dir>/checkpoint-N`` (the HF Trainer's layout: ``transformers.trainer_utils.get_last_checkpoint``
+  finds the newest); every file is fsync-ed, the completion marker ``COMPLETE``
   (a manifest: size of every file, sha256 of the small ones) is written last, then the folder is
   renamed into place (:func:`commit_dir`; an existing checkpoint of the same step is swapped out by two
   renames that :func:`recover_checkpoints` completes after a crash). Periodic saves keep the newest
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
     from ncakit.scale.config import TrainConfig
 
 __all__ = [
-    "CHECKPOINT_DIR",
+    "CHECKPOINT_PREFIX",
+    "checkpoint_name",
     "STATE_FILE",
     "NCAKIT_STATE_FILE",
     "COMPLETE_FILE",
@@ -75,7 +77,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("ncakit.scale.checkpoint")
-CHECKPOINT_DIR = "checkpoints"
+# transformers.trainer_utils.PREFIX_CHECKPOINT_DIR: checkpoints are <output_dir>/checkpoint-<step>, as the
+# HF Trainer and TRL write them (not imported: that module pulls in the whole Trainer stack).
+CHECKPOINT_PREFIX = "checkpoint"
+_CHECKPOINT_RE = re.compile(rf"{CHECKPOINT_PREFIX}-(\d+)")
 STATE_FILE = "trainer_state.json"
 NCAKIT_STATE_FILE = "ncakit_state.json"
 COMPLETE_FILE = "COMPLETE"
@@ -156,11 +161,11 @@ def commit_dir(tmp: Path, final: Path) -> None:
 def recover_checkpoints(output_dir: Path) -> None:
     """After a crash inside :func:`save_checkpoint`: complete an interrupted swap (the new folder if
     it was finished, else the old one) and delete unfinished temporary folders. Main process only."""
-    root = Path(output_dir) / CHECKPOINT_DIR
+    root = Path(output_dir)
     if not root.is_dir():
         return
-    for hidden in sorted(root.glob(".step_*")):
-        m = re.fullmatch(r"\.(step_\d+)\.(tmp|old)", hidden.name)
+    for hidden in sorted(root.glob(f".{CHECKPOINT_PREFIX}-*")):
+        m = re.fullmatch(rf"\.({CHECKPOINT_PREFIX}-\d+)\.(tmp|old)", hidden.name)
         if m is None or not hidden.exists():
             continue
         final, tmp, old = root / m[1], root / f".{m[1]}.tmp", root / f".{m[1]}.old"
@@ -192,12 +197,17 @@ def is_complete(path: Path) -> bool:
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
-    """The complete checkpoints under ``<output_dir>/checkpoints``, oldest first."""
-    root = Path(output_dir) / CHECKPOINT_DIR
+    """The complete checkpoints ``<output_dir>/checkpoint-N``, oldest first."""
+    root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if re.fullmatch(r"step_\d+", p.name) and is_complete(p)]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    found = [p for p in root.iterdir() if _CHECKPOINT_RE.fullmatch(p.name) and is_complete(p)]
+    return sorted(found, key=lambda p: int(_CHECKPOINT_RE.fullmatch(p.name)[1]))
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint after optimizer step ``step``: ``checkpoint-<step>``."""
+    return f"{CHECKPOINT_PREFIX}-{step}"
 
 
 def resolve_resume(cfg: TrainConfig) -> Path | None:
@@ -207,8 +217,8 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     if cfg.resume_from == "latest":
         found = list_checkpoints(Path(cfg.output_dir))
         if not found:
-            root = Path(cfg.output_dir) / CHECKPOINT_DIR
-            partial = sorted(p.name for p in root.glob("step_*")) if root.is_dir() else []
+            root = Path(cfg.output_dir)
+            partial = sorted(p.name for p in root.glob(f"{CHECKPOINT_PREFIX}-*")) if root.is_dir() else []
             why = f"; incomplete (no {COMPLETE_FILE} marker): {', '.join(partial)}" if partial else ""
             raise ValueError(f"resume_from: 'latest' but no checkpoint under {root}{why}")
         return found[-1]
@@ -398,8 +408,8 @@ def save_checkpoint(
     second time on one process / DDP (and the whole base model under LoRA); on resume
     :func:`load_checkpoint` reads them back from the ``save_pretrained`` files. Under FSDP / DeepSpeed
     accelerate's sharded model files are kept too (:func:`accelerate_writes_weights`)."""
-    root = Path(cfg.output_dir) / CHECKPOINT_DIR
-    final = root / f"step_{state.global_step:06d}"
+    root = Path(cfg.output_dir)
+    final = root / checkpoint_name(state.global_step)
     tmp = root / f".{final.name}.tmp"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)

@@ -231,6 +231,8 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         key = _canonical(str(given), names, str(path))
         if key not in types_:
             raise _unknown_key(str(given), str(path))
+        if key == "resume_from" and isinstance(value, bool):  # resume_from_checkpoint: true (HF)
+            value = str(value).lower()
         out[key] = coerce_value(key, value, types_[key])
     return out
 

@@ -222,14 +222,16 @@ class TrainConfig:
         [], "trackers besides the jsonl log: all, none, or names (tensorboard, wandb, trackio, mlflow, ...)"
     )
     run_name: str | None = _f(None, "tracker run name (default: the output folder's name)")
-    output_dir: str = _f("out/run", "metrics.jsonl, run.json, checkpoints/, final/ go here")
+    output_dir: str = _f("out/run", "metrics.jsonl, run.json, checkpoint-N/, final/ go here")
     save_strategy: Literal["no", "steps", "epoch"] = _f(
         "steps", "no: no periodic checkpoints; steps: every save_steps; epoch: after each epoch"
     )
     save_steps: int = _f(0, "checkpoint every N optimizer steps (0: no periodic checkpoints)")
     save_total_limit: int | None = _f(2, "keep only the newest N periodic checkpoints")
     resume_from: str | None = _f(
-        None, "a checkpoint folder, or 'latest' (newest under <output_dir>/checkpoints)"
+        None,
+        "a checkpoint folder, or 'latest' (the newest <output_dir>/checkpoint-N); true means latest "
+        "(TrainingArguments.resume_from_checkpoint)",
     )
     resume_allow_changes: list[str] = _f(
         [],
@@ -341,6 +343,9 @@ class TrainConfig:
     def _resolve_trl_switches(self) -> None:
         """TRL's boolean switches folded into ncakit's keys (bf16 / fp16 -> mixed_precision,
         precompute_ref_log_probs -> reference); a contradiction is one line naming both keys."""
+        if isinstance(self.resume_from, str) and self.resume_from.strip().lower() in ("true", "false"):
+            # TrainingArguments.resume_from_checkpoint: true = the newest checkpoint in output_dir
+            self.resume_from = "latest" if self.resume_from.strip().lower() == "true" else None
         if self.bf16 and self.fp16:
             raise ValueError("bf16: and fp16: both true; choose one mixed precision")
         for flag in ("bf16", "fp16"):

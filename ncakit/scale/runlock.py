@@ -37,7 +37,8 @@ __all__ = [
 logger = logging.getLogger("ncakit.scale.runlock")
 LOCK_FILE = "run.lock"
 # What a run writes into its output folder (the caches next to them are not listed).
-RUN_FILES = ("checkpoints", "metrics.jsonl", "run.json", "summary.json", "final", "logs")
+# Checkpoints are the checkpoint-N folders (and a save's hidden .checkpoint-N.tmp / .old).
+RUN_FILES = ("metrics.jsonl", "run.json", "summary.json", "final", "logs")
 
 
 class LockHeld(ValueError):
@@ -166,9 +167,17 @@ class RunLock:
 
 
 def run_files(output_dir: Path) -> list[str]:
-    """The names of another run's files in ``output_dir`` (empty ``checkpoints`` / ``metrics`` don't count)."""
+    """The names of another run's files in ``output_dir`` (empty folders / ``metrics`` don't count)."""
+    from ncakit.scale.checkpoint import CHECKPOINT_PREFIX
+
+    checkpoints = sorted(
+        p.name
+        for pattern in (f"{CHECKPOINT_PREFIX}-*", f".{CHECKPOINT_PREFIX}-*")
+        for p in output_dir.glob(pattern)
+        if p.is_dir()
+    )
     found = []
-    for name in RUN_FILES:
+    for name in (*checkpoints, *RUN_FILES):
         p = output_dir / name
         if p.is_dir() and any(p.iterdir()):
             found.append(name)
