@@ -27,6 +27,7 @@ from ncakit import get_loss  # noqa: E402
 from ncakit.scale import cli as C  # noqa: E402
 from ncakit.scale import data  # noqa: E402
 from ncakit.scale import generate as G  # noqa: E402
+from ncakit.scale import rewards as R  # noqa: E402
 
 datasets.disable_progress_bars()
 ROOT = Path(__file__).resolve().parent.parent
@@ -520,7 +521,7 @@ CONFIG = [
     ),
     Case(
         "resume-from-missing",
-        cfg("--resume_from", "{tmp}/checkpoints/step-5"),
+        cfg("--resume_from", "{tmp}/checkpoint-5x"),
         ValueError,
         "resume_from: expected 'latest' or an existing checkpoint folder",
     ),
@@ -591,7 +592,10 @@ GENERATE = [
     Case("gen-max-prompts-0", gen("--max_prompts", "0"), ValueError, "max_prompts: expected an int >= 1"),
     Case("gen-batch-size-0", gen("--batch_size", "0"), ValueError, "batch_size: expected an int >= 1"),
     Case(
-        "gen-rm-batch-size-0", gen("--rm_batch_size", "-1"), ValueError, "rm_batch_size: expected an int >= 1"
+        "gen-rm-batch-size-0",
+        gen("--reward_batch_size", "-1"),
+        ValueError,
+        "reward_batch_size: expected an int >= 1",
     ),
     Case(
         "gen-max-new-tokens-0",
@@ -687,14 +691,14 @@ GENERATE = [
     ),
     Case(
         "gen-reward-returns-text",
-        lambda t: G.check_reward(G.load_reward(lambda p, r: "good"), "p"),
+        lambda t: R.check_reward(R.load_reward(lambda p, r: "good"), "p"),
         ValueError,
         "reward: expected fn(prompt, response)",
         "expected a number per response",
     ),
     Case(
         "gen-reward-nan",
-        lambda t: G.check_reward(G.load_reward(lambda p, r: math.nan), "p"),
+        lambda t: R.check_reward(R.load_reward(lambda p, r: math.nan), "p"),
         ValueError,
         "reward: expected fn(prompt, response) -> a finite float",
     ),

@@ -83,6 +83,14 @@ def test_a_full_checkpoint_loads_with_from_pretrained_and_holds_the_runs_weights
     state = json.loads((ck / ckptmod.STATE_FILE).read_text())
     assert state["weights"] == "pretrained" and state["global_step"] == 2
     print(f"full checkpoint: {folder_bytes(ck)} bytes")
+    # the HF Trainer's layout: transformers finds the newest checkpoint-N, and TRL's
+    # resume_from_checkpoint: true continues from it
+    from transformers.trainer_utils import get_last_checkpoint
+
+    assert get_last_checkpoint(str(out)) == str(ck) == str(ckptmod.list_checkpoints(out)[-1])
+    resumed = run(args(kit, out, "--max_steps", "3", "--save_steps", "2", "--resume_from_checkpoint", "true"))
+    # (a fresh run would have been refused: the folder holds a run); only step 3 was trained
+    assert resumed.state.global_step == 3 and all(h["step"] == 3 for h in resumed.history)
 
 
 def test_a_lora_checkpoint_is_the_adapter_alone_small_and_loads_with_peft(kit, tmp_path, monkeypatch):

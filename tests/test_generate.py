@@ -1,19 +1,20 @@
 """ncakit.scale.generate: K sampled responses per prompt with LEFT padding (a prompt decodes the same alone
-and in a batch with longer prompts), reward specs (module:function, callable, reward model with
-padding-invariant scores), the canonical dataset it writes, and one on-policy round (generate ->
-train on the file)."""
+and in a batch with longer prompts), the canonical dataset it writes, one on-policy round (generate ->
+train on the file), and the vLLM backend through a fake ``vllm`` module (same request, same file).
+Rewards and judges: tests/test_rewards.py."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+import types
 
 import pytest
 
 pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
-import torch  # noqa: E402
 
 from ncakit.scale import (  # noqa: E402
     data,  # noqa: E402
@@ -58,48 +59,6 @@ def test_sampling_is_seeded_and_returns_k_per_prompt(kit):
     assert kit.model.training is False
     with pytest.raises(ValueError, match="^temperature"):
         generate.sample_k_responses(kit.model, kit.tokenizer, PROMPTS, temperature=0)
-
-
-def test_reward_specs():
-    fn = generate.load_reward("ncakit.scale.tinylm:reward")
-    prompts = ["reverse: abc", "reverse: abc", [{"role": "user", "content": "copy: xy"}]]
-    responses = ["cba", "cbx", "xy"]
-    assert fn(prompts, responses) == [tinylm.reward(p, r) for p, r in zip(prompts, responses)]
-    assert fn(prompts, responses)[0] == 1.0 and 0 < fn(prompts, responses)[1] < 1
-    assert generate.load_reward(lambda p, r: len(r))(["a", "b"], ["xyz", ""]) == [3.0, 0.0]
-    with pytest.raises(ValueError, match="^reward: cannot import module 'no_such_module'"):
-        generate.load_reward("no_such_module:f")
-    with pytest.raises(ValueError, match="^reward: 'ncakit.scale.tinylm' has no callable 'nope'"):
-        generate.load_reward("ncakit.scale.tinylm:nope")
-    with pytest.raises(ValueError, match="non-finite score nan"):
-        generate.load_reward(lambda p, r: math.nan)(["a"], ["b"])
-    with pytest.raises(ValueError, match="^responses: expected 2 entries"):
-        fn(["a", "b"], ["x"])
-
-
-def test_reward_model_scores_are_padding_invariant(kit, tmp_path):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    tok = kit.tokenizer
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    rm = LlamaForSequenceClassification(cfg).eval()
-    rm.save_pretrained(tmp_path / "rm")
-    tok.save_pretrained(tmp_path / "rm")
-    fn = generate.load_reward(str(tmp_path / "rm"), batch_size=3)
-    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0]]
-    responses = ["abc", "a much longer answer than the others", "DD", ""]
-    scores = fn(prompts, responses)
-    for p, r, s in zip(prompts, responses, scores):
-        text = tok.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
-        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            alone = rm(input_ids=ids).logits[0, 0].item()
-        assert s == pytest.approx(alone, abs=1e-5)
-    assert len(set(round(s, 6) for s in scores)) > 1
 
 
 def test_generate_k_dataset_writes_canonical_rows(kit, tmp_path):
@@ -171,7 +130,15 @@ def no_model_loading(monkeypatch):
         (["--k", "1"], "^k: expected an int >= 2"),
         (["--max_prompts", "0"], "^max_prompts: expected an int >= 1"),
         (["--batch_size", "0"], "^batch_size: expected an int >= 1"),
-        (["--rm_batch_size", "0"], "^rm_batch_size: expected an int >= 1"),
+        (["--reward_batch_size", "0"], "^reward_batch_size: expected an int >= 1"),
+        (["--rm_batch_size", "0"], "^reward_batch_size: expected an int >= 1"),  # the old name still parses
+        (["--reward_workers", "0"], "^reward_workers: expected an int >= 1"),
+        (["--backend", "jax"], r"^backend: expected one of \['hf', 'vllm'\], got 'jax'"),
+        (["--tensor_parallel_size", "2"], "^tensor_parallel_size: only --backend vllm uses it"),
+        (
+            ["--backend", "vllm"],
+            r"^backend: got 'vllm' but the vllm package is not installed .*ncakit\[vllm\]",
+        ),
         (["--temperature", "0"], "^temperature: expected a finite value > 0"),
         (["--temperature", "nan"], "^temperature: expected a finite value > 0"),
         (["--top_p", "1.5"], r"^top_p: expected a value in \(0, 1\]"),
@@ -180,7 +147,8 @@ def no_model_loading(monkeypatch):
         (["--reward", "math:sqrt"], r"^reward: expected fn\(prompt, response\)"),
     ],
 )
-def test_main_checks_arguments_before_loading_a_model(extra, match, tmp_path, no_model_loading):
+def test_main_checks_arguments_before_loading_a_model(extra, match, tmp_path, no_model_loading, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # "not installed", even where it is
     with pytest.raises(ValueError, match=match):
         generate.main(["--out", str(tmp_path / "o.jsonl"), "--max_prompts", "2", *extra])
     assert not list(tmp_path.iterdir()), "nothing written"
@@ -295,3 +263,148 @@ def test_cli_prints_one_line_and_debug_shows_the_traceback(tmp_path, capsys, mon
     monkeypatch.setenv("NCAKIT_DEBUG", "1")
     with pytest.raises(ValueError, match="^k: "):
         generate.cli(["--k", "1", "--out", str(tmp_path / "o.jsonl")])
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 16, item 7: the vLLM backend, tested on CPU through a fake ``vllm`` module that records
+# the request and answers canned outputs (vllm itself is never installed here)
+# ----------------------------------------------------------------------------------------------
+
+CANNED = [
+    ["  abc ", "cba", "ab", ""],
+    ["hgfedcba", " x ", "hgfedcbahgfedcba", "abc"],
+    ["DD", "dd ", "D", "DDD"],
+]
+
+
+def _oracle_ids(tok, prompt):
+    """The token ids the HF path feeds the model, computed here without the code under test."""
+    text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _fake_vllm(tok, prompts):
+    index = {tuple(_oracle_ids(tok, p)): i for i, p in enumerate(prompts)}
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class LLM:
+        made: list = []
+
+        def __init__(self, **kw):
+            self.kw, self.calls = kw, []
+            LLM.made.append(self)
+
+        def generate(self, requests, params, use_tqdm=False):
+            self.calls.append((requests, params))
+            out = []
+            for req, sp in zip(requests, params):
+                ids = tuple(req["prompt_token_ids"])  # a truncated prompt: its tail
+                i = next(i for key, i in index.items() if key[-len(ids) :] == ids)
+                texts = CANNED[i][: sp.kw["n"]]
+                out.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(text=t) for t in texts]))
+            return out
+
+    return types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
+
+
+def test_vllm_request_matches_the_hf_prompts_and_sampling(kit, monkeypatch):
+    fake = _fake_vllm(kit.tokenizer, PROMPTS)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    llm = fake.LLM(model="m")
+    kw = dict(k=3, max_new_tokens=5, temperature=0.7, top_p=0.9, seed=4)
+    got = generate.sample_k_responses_vllm(llm, kit.tokenizer, PROMPTS, **kw)
+    requests, params = llm.calls[0]
+    assert len(llm.calls) == 1, "one generate call for the list"
+    assert [r["prompt_token_ids"] for r in requests] == [_oracle_ids(kit.tokenizer, p) for p in PROMPTS]
+    texts, _ = generate.prompt_token_ids(PROMPTS, kit.tokenizer)
+    assert texts == [generate.render_prompt(p, kit.tokenizer) for p in PROMPTS]
+    for i, sp in enumerate(params):
+        assert sp.kw["n"] == 3 and sp.kw["max_tokens"] == 5 and sp.kw["skip_special_tokens"] is True
+        assert sp.kw["temperature"] == 0.7 and sp.kw["top_p"] == 0.9
+        assert sp.kw["seed"] == 4 * 1_000_003 + i  # the hf path's per-position seed rule
+    assert got == [[t.strip() for t in c[:3]] for c in CANNED], "K strings per prompt, stripped as hf"
+    # a prompt's seed depends on its position in the whole list, not on the piece it is sampled in
+    generate.sample_k_responses_vllm(llm, kit.tokenizer, PROMPTS[1:], index_offset=1, **kw)
+    assert [sp.kw["seed"] for sp in llm.calls[1][1]] == [sp.kw["seed"] for sp in params[1:]]
+    # max_prompt_length keeps the LAST tokens, as the hf path
+    generate.sample_k_responses_vllm(llm, kit.tokenizer, PROMPTS[1:2], max_prompt_length=4, **kw)
+    assert llm.calls[2][0][0]["prompt_token_ids"] == _oracle_ids(kit.tokenizer, PROMPTS[1])[-4:]
+
+
+def test_vllm_writes_the_same_file_as_hf_for_the_same_strings(kit, tmp_path, monkeypatch):
+    fake = _fake_vllm(kit.tokenizer, PROMPTS)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    kw = dict(k=4, max_new_tokens=5, seed=2, batch_size=2)
+    _, vstats = generate.generate_k_dataset(
+        fake.LLM(model="m"), kit.tokenizer, PROMPTS, "ncakit.scale.tinylm:reward", tmp_path / "v.jsonl",
+        backend="vllm", **kw,
+    )  # fmt: skip
+
+    def hf_canned(model, tokenizer, prompts, k, **_):
+        return [[t.strip() for t in CANNED[PROMPTS.index(p)][:k]] for p in prompts]
+
+    monkeypatch.setattr(generate, "sample_k_responses", hf_canned)
+    _, hstats = generate.generate_k_dataset(
+        kit.model, kit.tokenizer, PROMPTS, "ncakit.scale.tinylm:reward", tmp_path / "h.jsonl", **kw
+    )
+    assert (tmp_path / "v.jsonl").read_bytes() == (tmp_path / "h.jsonl").read_bytes()
+    assert vstats["backend"] == "vllm" and hstats["backend"] == "hf"
+    same = lambda st: {k: v for k, v in st.items() if k not in ("backend", "generate_seconds")}
+    assert same(vstats) == same(hstats) and vstats["empty_responses"] == 1
+
+
+def test_main_with_the_vllm_backend(kit, tmp_path, monkeypatch):
+    fake = _fake_vllm(kit.tokenizer, [])
+
+    def generate_any(self, requests, params, use_tqdm=False):  # canned by position: prompts are tinylm's
+        return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f"r{j}") for j in range(sp.kw["n"])])
+                for sp in params]  # fmt: skip
+
+    fake.LLM.generate = generate_any
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    out = tmp_path / "o.jsonl"
+    rows, stats = generate.main(
+        ["--backend", "vllm", "--tiny_kit_dir", str(kit.root), "--max_prompts", "3", "--k", "2",
+         "--tensor_parallel_size", "2", "--dtype", "bfloat16", "--gpu_memory_utilization", "0.5", "--out", str(out)]
+    )  # fmt: skip
+    llm = fake.LLM.made[-1]
+    assert llm.kw == dict(model=str(kit.model_path), tokenizer=str(kit.tokenizer_path), dtype="bfloat16", seed=0,
+                          tensor_parallel_size=2, gpu_memory_utilization=0.5)  # fmt: skip
+    assert stats["prompts"] == 3 and stats["backend"] == "vllm"
+    meta = json.loads((tmp_path / "o.jsonl.meta.json").read_text())
+    assert meta["backend"] == "vllm" and meta["k"] == 2
+    assert data.load_k_dataset(str(out), warn=False)[1].rows_kept == 3
+
+
+def test_vllm_refuses_a_multi_process_launch(tmp_path, monkeypatch, no_model_loading):
+    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(None, []))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(
+        ValueError, match="^backend: vllm runs in one process .* got a launch with 2 processes"
+    ):
+        generate.main(["--backend", "vllm", "--out", str(tmp_path / "o.jsonl")])
+    assert generate.cli(["--backend", "vllm", "--out", str(tmp_path / "o.jsonl")]) == 2
+
+
+@pytest.mark.gpu
+def test_real_vllm_on_the_tiny_model(kit, tmp_path):
+    """Where a GPU and vllm are present: the real engine on the tiny kit gives K strings per prompt,
+    the same again for the same seed, and a file that loads like the hf one."""
+    pytest.importorskip("vllm")
+    llm = generate.load_vllm(
+        kit.model_path, tokenizer=kit.tokenizer_path, dtype="float32", seed=0, gpu_memory_utilization=0.2
+    )
+    kw = dict(k=4, max_new_tokens=8, seed=5)
+    a = generate.sample_k_responses_vllm(llm, kit.tokenizer, PROMPTS, **kw)
+    assert a == generate.sample_k_responses_vllm(llm, kit.tokenizer, PROMPTS, **kw)
+    assert [len(x) for x in a] == [4, 4, 4] and all("<|" not in r for x in a for r in x)
+    rows, stats = generate.generate_k_dataset(
+        llm, kit.tokenizer, PROMPTS, "ncakit.scale.tinylm:reward", tmp_path / "v.jsonl", backend="vllm", **kw
+    )
+    assert (
+        stats["backend"] == "vllm"
+        and data.load_k_dataset(str(tmp_path / "v.jsonl"), warn=False)[1].rows_kept == 3
+    )

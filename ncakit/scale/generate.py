@@ -6,186 +6,71 @@ half of the loop (generate with the current policy -> train on the scored K-tupl
     accelerate launch scale/generate.py --model HuggingFaceH4/mistral-7b-sft-beta \\
         --prompts HuggingFaceH4/ultrafeedback_binarized --split train_prefs --k 4 \\
         --reward OpenAssistant/reward-model-deberta-v3-large-v2 --out data/uf-onpolicy.jsonl
+    python scale/generate.py --backend vllm --tensor_parallel_size 4 --model <sft model> ...
 
 Pieces (each usable on its own):
 
-- :func:`sample_k_responses` -- batched ``model.generate`` with LEFT padding (decoder-only models
-  continue from the last real token), ``num_return_sequences=K``, the chat template when the
-  tokenizer has one; returns K decoded strings per prompt (special tokens removed).
-- :func:`load_reward` -- a reward from a spec: a Python callable ``fn(prompt, response) -> float``,
-  a ``"module:function"`` string (``"ncakit.scale.tinylm:reward"``, the offline default), or the path /
-  hub id of a reward model (``AutoModelForSequenceClassification`` with one output; scored as
-  the chat-rendered prompt + response, right-padded, in batches) -> :class:`RewardFn`.
-- :func:`generate_k_dataset` -- both, over a prompt list, then :func:`ncakit.scale.data.save_k_dataset`
-  (JSONL / JSON / Parquet; the rows load back with ``ncakit.scale.data.load_k_dataset``) and a
-  ``<out>.meta.json`` with the settings and counts (empty responses are kept in the file and
-  counted in the meta; ``load_k_dataset`` drops and counts them, ``Reason.EMPTY_RESPONSE``).
-  Rows are written as they are scored into a temporary file next to ``<out>``, moved into place
-  at the end (``os.replace``): a crash leaves no half-written dataset.
+- :func:`sample_k_responses` -- the ``hf`` backend (the default): batched ``model.generate`` with
+  LEFT padding (decoder-only models continue from the last real token), ``num_return_sequences=K``,
+  the chat template when the tokenizer has one; K decoded strings per prompt (special tokens removed).
+- :func:`sample_k_responses_vllm` -- the ``vllm`` backend (optional extra ``ncakit[vllm]``, imported
+  only when asked for): the same rendered prompts (:func:`render_prompt`, tokenized and truncated as
+  the ``hf`` path does), ``SamplingParams(n=K, ...)`` seeded per prompt; the same K strings per
+  prompt, so the file has the same schema (the meta records the backend). vLLM runs in ONE process
+  and spreads a model over GPUs itself (``--tensor_parallel_size``): a multi-process launch is refused.
+- rewards and judges (:mod:`ncakit.scale.rewards`): ``--reward`` is a ``"module:function"`` per pair,
+  a list-taking :class:`~ncakit.scale.rewards.Judge` (or a TRL judge) called once per batch of
+  prompts with all their K responses, or a reward-model path (scored in length-sorted batches of
+  ``--reward_batch_size`` on the accelerator).
+- :func:`generate_k_dataset` -- sampling and scoring over a prompt list, then
+  :func:`ncakit.scale.data.save_k_dataset` (JSONL / JSON / Parquet; the rows load back with
+  ``ncakit.scale.data.load_k_dataset``) and a ``<out>.meta.json`` with the settings and counts (empty
+  responses are kept in the file and counted in the meta; ``load_k_dataset`` drops and counts them,
+  ``Reason.EMPTY_RESPONSE``). Rows are written as they are scored into a temporary file next to
+  ``<out>``, moved into place at the end (``os.replace``): a crash leaves no half-written dataset.
 - :func:`check_generate_args` -- every command-line argument checked before a model is loaded
   (output path and format, ``k >= 2``, ``max_prompts >= 1``, batch sizes, temperature, top_p,
-  the prompt source, the tiny kit folder); the reward is called on one example before sampling.
+  the prompt source, the tiny kit folder, the backend and whether vllm is installed); the reward
+  is called on one example before sampling.
 
-Under ``accelerate launch`` with several processes the prompts are split between the processes
-(``PartialState.split_between_processes``) and the rows gathered on the main process, which writes
-the file. This module imports ``transformers``; ``import ncakit`` does not import it.
+Under ``accelerate launch`` with several processes (``hf`` backend) the prompts are split between the
+processes (``PartialState.split_between_processes``) and the rows gathered on the main process,
+which writes the file. This module imports ``transformers``; ``import ncakit`` does not import it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ncakit.scale.rewards import Judge, RewardFn, chat_messages, check_reward, load_reward
+
 __all__ = [
-    "RewardFn",
-    "load_reward",
+    "BACKENDS",
     "render_prompt",
+    "prompt_token_ids",
     "sample_k_responses",
+    "import_vllm",
+    "load_vllm",
+    "sample_k_responses_vllm",
     "generate_k_dataset",
     "load_prompts",
     "check_generate_args",
     "main",
 ]
 
+BACKENDS = ("hf", "vllm")
+VLLM_INSTALL = "pip install 'ncakit[vllm]'"
+
 logger = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------------------
-# Rewards
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RewardFn:
-    """A batched reward: ``scores = reward(prompts, responses)`` (aligned lists) -> ``list[float]``."""
-
-    name: str
-    fn: Callable[[Sequence, Sequence[str]], list[float]]
-
-    def __call__(self, prompts: Sequence, responses: Sequence[str]) -> list[float]:
-        if len(prompts) != len(responses):
-            raise ValueError(
-                f"responses: expected {len(prompts)} entries (one per prompt), got {len(responses)}"
-            )
-        raw = list(self.fn(prompts, responses))
-        try:
-            scores = [float(s) for s in raw]
-        except (TypeError, ValueError):
-            bad = next(s for s in raw if not isinstance(s, int | float))
-            raise ValueError(
-                f"reward {self.name!r}: expected a number per response, got {type(bad).__name__} {bad!r}"
-            ) from None
-        if len(scores) != len(prompts):
-            raise ValueError(
-                f"reward {self.name!r}: returned {len(scores)} scores for {len(prompts)} responses"
-            )
-        bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
-        if bad:
-            raise ValueError(f"reward {self.name!r}: non-finite score {scores[bad[0]]} for response {bad[0]}")
-        return scores
-
-
-def _per_pair(fn: Callable) -> Callable:
-    def per_pair(prompts, responses):
-        return [fn(p, r) for p, r in zip(prompts, responses)]
-
-    per_pair.__wrapped_reward__ = fn
-    return per_pair
-
-
-def _messages(prompt) -> list[dict]:
-    return prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
-
-
-def reward_model_fn(
-    path: str, *, batch_size: int = 8, device=None, dtype=None, max_length: int = 2048
-) -> RewardFn:
-    """A reward model (``AutoModelForSequenceClassification``, one output) as a :class:`RewardFn`.
-
-    Each (prompt, response) is rendered with the REWARD model's chat template when it has one
-    (prompt messages + an assistant turn), else as ``prompt + "\\n" + response``; batches are
-    right-padded and the score is ``logits[:, 0]`` at the last real token (transformers picks it
-    from ``pad_token_id``).
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype or "auto")
-    if model.config.num_labels != 1:
-        raise ValueError(
-            f"reward: {path} has num_labels={model.config.num_labels}; a reward model has 1 output"
-        )
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tok.pad_token_id
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device).eval()
-
-    def text(prompt, response) -> str:
-        if getattr(tok, "chat_template", None):
-            msgs = _messages(prompt) + [{"role": "assistant", "content": response}]
-            return tok.apply_chat_template(msgs, tokenize=False)
-        p = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-        return f"{p}\n{response}"
-
-    @torch.no_grad()
-    def score(prompts, responses):
-        out: list[float] = []
-        for start in range(0, len(prompts), batch_size):
-            texts = [
-                text(p, r)
-                for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
-            ]
-            enc = tok(
-                texts,
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                add_special_tokens=not getattr(tok, "chat_template", None),
-            )
-            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
-            out += logits[:, 0].float().cpu().tolist()
-        return out
-
-    return RewardFn(f"reward_model:{path}", score)
-
-
-def load_reward(spec: str | Callable | RewardFn = "ncakit.scale.tinylm:reward", **rm_kwargs) -> RewardFn:
-    """A :class:`RewardFn` from a callable ``fn(prompt, response) -> float``, a ``"module:function"``
-    string, or a reward-model path / hub id (see :func:`reward_model_fn`)."""
-    if isinstance(spec, RewardFn):
-        return spec
-    if callable(spec):
-        return RewardFn(getattr(spec, "__name__", "callable"), _per_pair(spec))
-    if not isinstance(spec, str) or not spec:
-        raise TypeError(
-            f"reward: expected a callable, 'module:function' or a reward-model path, got {spec!r}"
-        )
-    if ":" in spec and not Path(spec).exists():
-        module_name, _, attr = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise ValueError(f"reward: cannot import module {module_name!r} of {spec!r} ({err})") from None
-        fn = getattr(module, attr, None)
-        if not callable(fn):
-            raise ValueError(f"reward: {module_name!r} has no callable {attr!r}")
-        return RewardFn(spec, _per_pair(fn))
-    return reward_model_fn(spec, **rm_kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,34 +93,28 @@ def _check_sampling(temperature, top_p) -> None:
         raise ValueError(f"top_p: expected a value in (0, 1], got {top_p!r}")
 
 
-def check_reward(reward_fn: RewardFn, prompt) -> None:
-    """Call the reward on one (prompt, response) before any sampling: a wrong signature or a
-    non-number fails now, naming the reward, not after the whole dataset was sampled."""
-    try:
-        reward_fn([prompt], ["a test response"])
-    except (TypeError, ValueError) as err:
-        hint = ""
-        fn = reward_fn.fn
-        target = getattr(fn, "__wrapped_reward__", None)
-        if target is not None:
-            try:
-                hint = f" (its signature: {target.__name__}{inspect.signature(target)})"
-            except (TypeError, ValueError):
-                pass
-        raise ValueError(
-            f"reward: expected fn(prompt, response) -> a finite float, but {reward_fn.name!r} failed on "
-            f"one example: {err}{hint}"
-        ) from None
-
-
 def render_prompt(prompt, tokenizer) -> str:
     """The prompt text the model continues: the chat template with the generation prompt when the
     tokenizer has one (a plain string becomes one user turn), else the text itself."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(_messages(prompt), tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            chat_messages(prompt), tokenize=False, add_generation_prompt=True
+        )
     if not isinstance(prompt, str):
         raise ValueError("prompt: a message list needs a tokenizer with a chat_template")
     return prompt
+
+
+def prompt_token_ids(prompts: Sequence, tokenizer, max_prompt_length: int | None = None):
+    """``(texts, ids)``: each prompt rendered (:func:`render_prompt`) and tokenized as both backends
+    feed it to the model -- no special tokens added to a chat-rendered text (its template has them),
+    the LAST ``max_prompt_length`` tokens kept (as the training data path does)."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    texts = [render_prompt(p, tokenizer) for p in prompts]
+    ids = [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
+    if max_prompt_length:
+        ids = [x[-max_prompt_length:] for x in ids]
+    return texts, ids
 
 
 @torch.no_grad()
@@ -268,7 +147,6 @@ def sample_k_responses(
     if max_prompt_length is not None:
         _check_int("max_prompt_length", max_prompt_length, 1, "tokens")
     _check_sampling(temperature, top_p)
-    chat = bool(getattr(tokenizer, "chat_template", None))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     was_training = model.training
@@ -281,10 +159,7 @@ def sample_k_responses(
         starts = tqdm(starts, desc="generate")
     try:
         for start in starts:
-            texts = [render_prompt(p, tokenizer) for p in prompts[start : start + batch_size]]
-            ids = [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
-            if max_prompt_length:
-                ids = [x[-max_prompt_length:] for x in ids]
+            _, ids = prompt_token_ids(prompts[start : start + batch_size], tokenizer, max_prompt_length)
             width = max(len(x) for x in ids)
             input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(ids), width), dtype=torch.long)
@@ -314,17 +189,109 @@ def sample_k_responses(
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# The vLLM backend (optional extra; one process, tensor parallel inside vLLM)
+# ----------------------------------------------------------------------------------------------
+
+
+def import_vllm():
+    """The ``vllm`` module, or one line naming ``--backend`` and what to install (no model loads)."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise ValueError(
+            f"backend: got 'vllm' but the vllm package is not installed ({err}); install it with "
+            f"{VLLM_INSTALL} on a CUDA machine, or use --backend hf"
+        ) from None
+    return vllm
+
+
+def load_vllm(model: str, *, tokenizer: str | None = None, dtype: str = "auto", seed: int = 0,
+              tensor_parallel_size: int = 1, **llm_kwargs):  # fmt: skip
+    """``vllm.LLM(model=..., dtype=..., seed=..., tensor_parallel_size=...)``; extra keywords
+    (``gpu_memory_utilization``, ``max_model_len``, ...) go to ``vllm.LLM`` as they are."""
+    vllm = import_vllm()
+    return vllm.LLM(
+        model=str(model),
+        tokenizer=str(tokenizer or model),
+        dtype=dtype,
+        seed=seed,
+        tensor_parallel_size=tensor_parallel_size,
+        **llm_kwargs,
+    )
+
+
+def sample_k_responses_vllm(
+    llm,
+    tokenizer,
+    prompts: Sequence,
+    k: int = 4,
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_prompt_length: int | None = None,
+    seed: int = 0,
+    index_offset: int = 0,
+    progress: bool = False,
+    batch_size: int | None = None,
+) -> list[list[str]]:
+    """K sampled continuations per prompt from a ``vllm.LLM`` (``[len(prompts)][k]`` strings).
+
+    The prompts are the ``hf`` path's: rendered with ``tokenizer``'s chat template
+    (:func:`render_prompt`), tokenized and truncated by :func:`prompt_token_ids`, and passed as
+    token ids (``{"prompt_token_ids": ...}``) so vLLM adds no second BOS to a rendered text. One
+    ``SamplingParams(n=k, temperature, top_p, max_tokens=max_new_tokens, seed)`` per prompt, the
+    seed from ``seed`` and the prompt's index (plus ``index_offset``), so a prompt's samples do not
+    depend on the batch it is in; one ``llm.generate`` call for the whole list (vLLM batches
+    itself; ``batch_size`` is unused). Special tokens removed, whitespace stripped, as ``hf``.
+    Different numerics from ``hf``: the same seed gives other samples, never another schema.
+    """
+    vllm = import_vllm()
+    _check_int("k", k, 1, "responses per prompt")
+    _check_int("max_new_tokens", max_new_tokens, 1, "tokens")
+    _check_sampling(temperature, top_p)
+    _, ids = prompt_token_ids(prompts, tokenizer, max_prompt_length)
+    params = [
+        vllm.SamplingParams(
+            n=k,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            max_tokens=max_new_tokens,
+            seed=seed * 1_000_003 + index_offset + i,
+            skip_special_tokens=True,
+        )
+        for i in range(len(ids))
+    ]
+    outputs = llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=progress)
+    if len(outputs) != len(ids):
+        raise RuntimeError(f"vllm: returned {len(outputs)} outputs for {len(ids)} prompts")
+    out = []
+    for i, request in enumerate(outputs):
+        texts = [c.text.strip() for c in request.outputs]
+        if len(texts) != k:
+            raise RuntimeError(f"vllm: returned {len(texts)} responses for prompt {i}, expected {k}")
+        out.append(texts)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset
+# ----------------------------------------------------------------------------------------------
+
+
 def generate_k_dataset(
     model,
     tokenizer,
     prompts: Sequence,
-    reward: str | Callable | RewardFn,
+    reward: str | Callable | RewardFn | Judge,
     out_path: str | Path | None = None,
     *,
     k: int = 4,
     sort_best_first: bool = True,
     meta: dict | None = None,
     overwrite: bool = True,
+    backend: str = "hf",
     **sample_kwargs,
 ) -> tuple[list[dict], dict]:
     """Sample K responses per prompt, score them, return (and optionally write) canonical rows.
@@ -335,6 +302,13 @@ def generate_k_dataset(
     UltraFeedback data the authors used. Returns ``(rows, stats)``; ``stats`` counts prompts,
     responses, empty responses and distinct responses per prompt, with the reward range.
 
+    ``backend``: ``"hf"`` (``model`` is a transformers causal LM, :func:`sample_k_responses`) or
+    ``"vllm"`` (``model`` is a ``vllm.LLM``, :func:`sample_k_responses_vllm`); the rows, the file
+    and the meta have the same schema either way (``stats["backend"]`` says which). The reward is
+    called once per batch of ``batch_size`` prompts with all their K responses
+    (``score_groups``): one batched call of a :class:`~ncakit.scale.rewards.RewardFn`, one
+    ``judge(prompts, completions)`` of a :class:`~ncakit.scale.rewards.Judge`.
+
     Everything is checked before the first sample: ``k >= 2``, the sampling arguments, the output
     path (:func:`check_out_path`; ``overwrite=False`` refuses an existing file) and the reward on
     one example. Rows are scored and written batch by batch into a temporary file that replaces
@@ -344,6 +318,9 @@ def generate_k_dataset(
     from ncakit.scale.data.load import write_text_atomic
 
     _check_int("k", k, 2, "responses per prompt: a comparison needs two")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+    sample = sample_k_responses if backend == "hf" else sample_k_responses_vllm
     batch_size = sample_kwargs.get("batch_size", 8)
     _check_int("batch_size", batch_size, 1, "prompts per generate call")
     _check_sampling(sample_kwargs.get("temperature", 1.0), sample_kwargs.get("top_p", 1.0))
@@ -353,7 +330,7 @@ def generate_k_dataset(
     if out_path is not None:
         out_path = check_out_path(out_path, overwrite=overwrite)
     reward_fn = load_reward(reward)
-    check_reward(reward_fn, prompts[0])
+    check_reward(reward_fn, prompts[0], k)
 
     writer = KDatasetWriter(out_path) if out_path is not None else None
     rows: list[dict] = []
@@ -364,15 +341,11 @@ def generate_k_dataset(
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             t0 = time.perf_counter()
-            samples = sample_k_responses(model, tokenizer, chunk, k, index_offset=start, **sample_kwargs)
+            samples = sample(model, tokenizer, chunk, k, index_offset=start, **sample_kwargs)
             t_gen += time.perf_counter() - t0
-            flat_p = [p for p, s in zip(chunk, samples) for _ in s]
-            flat_r = [r for s in samples for r in s]
-            scores = reward_fn(flat_p, flat_r)
-            new_rows, i = [], 0
-            for prompt, responses in zip(chunk, samples):
-                rs = scores[i : i + len(responses)]
-                i += len(responses)
+            grouped = reward_fn.score_groups(chunk, samples)  # ONE call per batch of prompts
+            new_rows = []
+            for prompt, responses, rs in zip(chunk, samples, grouped):
                 if isinstance(prompt, list):  # chat prompt: each response becomes one assistant message
                     responses = [[{"role": "assistant", "content": r}] for r in responses]
                 if sort_best_first:
@@ -382,7 +355,7 @@ def generate_k_dataset(
                 writer.write(new_rows)
             rows += new_rows
             all_samples += samples
-            all_scores += scores
+            all_scores += [x for g in grouped for x in g]
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -397,6 +370,7 @@ def generate_k_dataset(
             (sum(len(set(s)) for s in all_samples) / len(all_samples)) if all_samples else 0.0
         ),
         "reward": reward_fn.name,
+        "backend": backend,
         "reward_min": min(all_scores) if all_scores else None,
         "reward_mean": (sum(all_scores) / len(all_scores)) if all_scores else None,
         "reward_max": max(all_scores) if all_scores else None,
@@ -488,7 +462,29 @@ def load_prompts(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scale/generate.py",
-        description="Sample K responses per prompt, score them, write a canonical K-response dataset.",
+        description="Sample K responses per prompt, score them, write a canonical K-response dataset. "
+        "--backend hf (default) runs under accelerate launch with any number of processes (the prompts "
+        "are split); --backend vllm runs in ONE process (python scale/generate.py) and spreads the model "
+        "over GPUs with --tensor_parallel_size.",
+    )
+    p.add_argument(
+        "--backend",
+        default="hf",
+        help="hf: transformers generate (default); vllm: vLLM (install with "
+        + VLLM_INSTALL
+        + "; one process)",
+    )
+    p.add_argument(
+        "--tensor_parallel_size",
+        type=int,
+        default=1,
+        help="GPUs vLLM shards the model over (--backend vllm only; one process drives them all)",
+    )
+    p.add_argument(
+        "--gpu_memory_utilization",
+        type=float,
+        default=None,
+        help="share of GPU memory vLLM may take (--backend vllm; default vLLM's); leave room for a reward model",
     )
     p.add_argument("--model", default="tinylm", help="causal LM path / hub id, or 'tinylm' (the offline kit)")
     p.add_argument("--tokenizer", default=None, help="tokenizer path / hub id (default: the model's)")
@@ -501,7 +497,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reward",
         default="ncakit.scale.tinylm:reward",
-        help="'module:function' or a reward-model path / hub id",
+        help="'module:function' (a per-pair fn(prompt, response) -> float, or a list-taking judge: a "
+        "ncakit.scale.rewards.Judge, a function marked @list_judge, a TRL rank/pairwise judge; called once "
+        "per batch of prompts) or a reward-model path / hub id (AutoModelForSequenceClassification, 1 label)",
+    )
+    p.add_argument(
+        "--reward_workers",
+        type=int,
+        default=1,
+        help="threads calling a per-pair 'module:function' reward concurrently (API judges); 1: in turn",
     )
     p.add_argument("--out", required=True, help="output .jsonl / .json / .parquet")
     p.add_argument("--max_new_tokens", type=int, default=256)
@@ -509,7 +513,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--batch_size", type=int, default=8, help="prompts per generate call")
-    p.add_argument("--rm_batch_size", type=int, default=8)
+    p.add_argument(
+        "--reward_batch_size",
+        "--rm_batch_size",
+        dest="reward_batch_size",
+        type=int,
+        default=8,
+        help="responses per reward-model forward (length-sorted, on the accelerator, bf16 on CUDA)",
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_sort", action="store_true", help="keep sampling order instead of best-first")
@@ -564,6 +575,29 @@ def _tiny_kit_settings(kit_dir: str) -> dict:
     return {name: value for name, value in recorded.items() if value is not None}
 
 
+def check_backend_args(args: argparse.Namespace) -> None:
+    """``--backend`` and its flags; for ``vllm``, that vllm imports and that this is one process."""
+    if args.backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {args.backend!r}")
+    _check_int("tensor_parallel_size", args.tensor_parallel_size, 1, "GPUs vLLM shards the model over")
+    gmu = args.gpu_memory_utilization
+    if gmu is not None and not (math.isfinite(gmu) and 0 < gmu <= 1):
+        raise ValueError(f"gpu_memory_utilization: expected a value in (0, 1], got {gmu!r}")
+    if args.backend == "hf":
+        for name, value, default in (("tensor_parallel_size", args.tensor_parallel_size, 1),
+                                     ("gpu_memory_utilization", gmu, None)):  # fmt: skip
+            if value != default:
+                raise ValueError(f"{name}: only --backend vllm uses it, got {value!r} with --backend hf")
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        raise ValueError(
+            f"backend: vllm runs in one process (it spreads the model over GPUs with --tensor_parallel_size), "
+            f"got a launch with {world} processes; run python scale/generate.py --backend vllm, not accelerate launch"
+        )
+    import_vllm()
+
+
 def check_generate_args(args: argparse.Namespace) -> None:
     """Every command-line argument, before any model, reward or prompt is loaded (one line each)."""
     args.out = str(check_out_path(args.out, overwrite=args.overwrite))  # ~ expanded
@@ -571,7 +605,9 @@ def check_generate_args(args: argparse.Namespace) -> None:
     if args.max_prompts is not None:
         _check_int("max_prompts", args.max_prompts, 1, "prompts to sample; omit for all")
     _check_int("batch_size", args.batch_size, 1, "prompts per generate call")
-    _check_int("rm_batch_size", args.rm_batch_size, 1, "responses per reward-model call")
+    _check_int("reward_batch_size", args.reward_batch_size, 1, "responses per reward-model call")
+    _check_int("reward_workers", args.reward_workers, 1, "threads calling the reward")
+    check_backend_args(args)
     _check_int("max_new_tokens", args.max_new_tokens, 1, "tokens")
     _check_int("max_prompt_length", args.max_prompt_length, 1, "tokens")
     _check_sampling(args.temperature, args.top_p)
@@ -627,11 +663,14 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], dict] | None:
     if state.device.type == "cpu":
         torch.set_num_threads(1)
     # the reward-model settings reach only a reward model; a "module:function" ignores them
-    reward = load_reward(args.reward, batch_size=args.rm_batch_size, device=state.device)
-    check_reward(reward, prompts[0])
+    reward = load_reward(
+        args.reward, workers=args.reward_workers, batch_size=args.reward_batch_size, device=state.device
+    )
+    check_reward(reward, prompts[0], args.k)
     dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         args.dtype
     ]
+    model_path, tokenizer_path = args.model, args.tokenizer or args.model
     if args.model == "tinylm":
         from ncakit.scale.tinylm import ensure_tiny_kit
 
@@ -639,14 +678,28 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], dict] | None:
             settings = _tiny_kit_settings(args.tiny_kit_dir) or {"sft_steps": 300}
             kit = ensure_tiny_kit(args.tiny_kit_dir, **settings)
         model, tokenizer = kit.model, kit.tokenizer
+        model_path, tokenizer_path = str(kit.model_path), str(kit.tokenizer_path)
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        model = None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(state.device)
+    if args.backend == "vllm":  # the same tokenizer renders the prompts (render_prompt), as for hf
+        extra = (
+            {}
+            if args.gpu_memory_utilization is None
+            else {"gpu_memory_utilization": args.gpu_memory_utilization}
+        )
+        model = load_vllm(model_path, tokenizer=tokenizer_path, dtype=args.dtype, seed=args.seed,
+                          tensor_parallel_size=args.tensor_parallel_size, **extra)  # fmt: skip
+    else:
+        if model is None:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+        model.to(state.device)
     sample_kwargs = dict(
         k=args.k,
         max_new_tokens=args.max_new_tokens,
@@ -658,6 +711,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], dict] | None:
     )
     meta = {
         "model": args.model,
+        "backend": args.backend,
         "prompts_source": args.prompts,
         "split": args.split,
         "temperature": args.temperature,
@@ -676,6 +730,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], dict] | None:
             sort_best_first=not args.no_sort,
             meta=meta,
             overwrite=args.overwrite,
+            backend=args.backend,
             **sample_kwargs,
         )
         print(json.dumps(stats, indent=2, default=str))

@@ -39,7 +39,7 @@ REFUSED: dict[str, str] = {
     "rpo_alpha": "RPO's NLL term is not implemented; see `ncakit.zoo` for the losses there are",
     "f_divergence_type": "use loss: f_dpo and loss_kwargs: {divergence: ...} (ncakit.variants)",
     "label_smoothing": "use loss: cdpo (or robust) and loss_kwargs: {label_smoothing: ...}",
-    "reference_free": "use a reference-free loss by name (e.g. simpo, cpo); ncakit.registry lists them",
+    "reference_free": "use a loss that has no reference in it by name (pro, asft, cpl: LossSpec.reference_free in ncakit.registry)",
     "sync_ref_model": "the reference is fixed for the whole run (reference: precompute | adapter | model)",
     "ref_model_init_kwargs": "the reference is the initial model itself (or its adapter disabled)",
     "model_init_kwargs": "use torch_dtype, attn_implementation, trust_remote_code, load_in_4bit / load_in_8bit",
