@@ -19,6 +19,23 @@
 ==========================  =====================================================================
 
 Without rewards (pairwise data) the chosen response is column 0 and ranks follow column order.
+
+``token_metrics(stats, rewards, mask)`` adds TRL's token metrics, from the policy's per-response
+:class:`ncakit.logprobs.TokenStats` (sums over each response's scored tokens, taken chunk by chunk
+while the logits exist; ``batch_logps(..., stats=True)``). Each is a ratio of token sums (tokens
+weigh equally, as TRL's gathered sums / gathered counts), chosen / rejected as above:
+
+==========================  =====================================================================
+``entropy``                 mean entropy (nats) of the policy's next-token distribution over
+                            every completion token of every valid response (0 ≤ H ≤ ln V)
+``logits/chosen``           mean over the chosen responses' tokens of the mean logit over the
+                            vocabulary (TRL's ``logits/chosen``)
+``logits/rejected``         the same over the other valid responses' tokens
+``mean_token_accuracy``     fraction of the chosen responses' tokens whose argmax logit is the
+                            token itself (TRL's DPO ``mean_token_accuracy``)
+==========================  =====================================================================
+
+A ratio with no token under it is 0, as in TRL.
 """
 
 from __future__ import annotations
@@ -27,9 +44,10 @@ import math
 
 import torch
 
+from ncakit.logprobs import TokenStats
 from ncakit.losses import LossOutput
 
-__all__ = ["preference_metrics", "reward_ranks", "to_floats"]
+__all__ = ["preference_metrics", "token_metrics", "reward_ranks", "to_floats"]
 
 
 def reward_ranks(
@@ -96,6 +114,37 @@ def preference_metrics(
     ent = -(w * torch.log(w.clamp(min=1e-30))).masked_fill(~valid, 0.0).sum(dim=1)
     m["labels/entropy"] = ent.mean()
     return m
+
+
+@torch.no_grad()
+def token_metrics(
+    stats: TokenStats, rewards: torch.Tensor | None = None, mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """TRL's token metrics ``{name: 0-d float64 tensor}`` (see the module docstring).
+
+    Args:
+        stats: the policy's :class:`ncakit.logprobs.TokenStats` ``[B, K]`` (sums per response).
+        rewards: ``[B, K]`` data rewards, or None for pairwise data (chosen in column 0).
+        mask: ``[B, K]`` bool of valid responses, or None.
+    """
+    t = stats.apply(lambda v: v.double())
+    B, K = t.tokens.shape
+    device = t.tokens.device
+    valid = mask.to(device) if mask is not None else torch.ones(B, K, dtype=torch.bool, device=device)
+    order = reward_ranks(rewards, (B, K), valid if mask is not None else None, device=device)
+    chosen = torch.zeros(B, K, dtype=torch.bool, device=device).scatter_(1, order[:, :1], True) & valid
+    rejected = valid & ~chosen
+
+    def ratio(num: torch.Tensor, den: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        n, d = num.masked_fill(~where, 0).sum(), den.masked_fill(~where, 0).sum()
+        return torch.where(d > 0, n / d.clamp(min=1), torch.zeros_like(n))
+
+    return {
+        "entropy": ratio(t.entropy_sum, t.tokens, valid),
+        "logits/chosen": ratio(t.logit_sum, t.tokens, chosen),
+        "logits/rejected": ratio(t.logit_sum, t.tokens, rejected),
+        "mean_token_accuracy": ratio(t.top1, t.tokens, chosen),
+    }
 
 
 def to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:

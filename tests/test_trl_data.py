@@ -11,7 +11,12 @@ prefix of the assistant turn:
 2. loss: ncakit ``batch_logps`` (policy and reference) + ``get_loss("dpo")`` on ncakit's ids ==
    TRL's ``trainer.evaluate()["eval_loss"]`` (one eval batch holding every row), within 1e-4. The
    reference is a second tiny model (another seed), so the loss depends on the tokens (with the
-   policy as its own reference every DPO loss is log 2 whatever the tokens).
+   policy as its own reference every DPO loss is log 2 whatever the tokens);
+3. token metrics: the same batch through the scale loop's metric chain (``batch_logps(...,
+   stats=True)`` -> ``MetricsWindow.rows`` -> ``window_metrics(prefix="eval_")``) gives TRL's
+   ``eval_entropy``, ``eval_logits/chosen``, ``eval_logits/rejected`` and
+   ``eval_mean_token_accuracy`` (TRL's fused LM head kernel), within 1e-4, on the hidden-state and
+   the chunked-logits paths.
 
 Nothing is truncated (``max_length`` is above every row): TRL cuts in its collator, ncakit uses the
 authors' truncation; the two agree only when nothing is cut. Skipped when trl is not installed.
@@ -38,6 +43,7 @@ from ncakit.scale.data import (  # noqa: E402
     tokenize_k_example,
 )
 from ncakit.scale.forward import batch_logps  # noqa: E402
+from ncakit.scale.tracking import MetricsWindow, window_metrics  # noqa: E402
 
 BETA = 0.5
 MAX_LENGTH, MAX_PROMPT_LENGTH = 256, 128
@@ -51,7 +57,11 @@ assert NON_PREFIX_TEMPLATE != tinylm.CHAT_TEMPLATE
 @pytest.fixture(scope="module")
 def kit():
     tok = tinylm.train_tokenizer(tinylm.corpus_texts(tinylm.synthetic_corpus(200, seed=3)), vocab_size=320)
-    policy = tinylm.tiny_llama(tok, hidden=32, layers=2, seed=0).eval()
+    policy = tinylm.tiny_llama(tok, hidden=32, layers=2, seed=0)
+    # a short SFT warm-up: peaked next-token distributions and argmax hits, so the token metrics
+    # (entropy below ln V, mean logits away from 0, accuracy above 0) are not a random init's
+    tinylm.sft_warmup(policy, tok, steps=30, n_rows=256, batch_size=16, lr=1e-2, warmup_steps=3)
+    policy.eval()
     reference = tinylm.tiny_llama(tok, hidden=32, layers=2, seed=1).eval()
     return tok, policy, reference
 
@@ -120,6 +130,19 @@ def _ncakit_loss(tok, policy, reference, ds) -> float:
     return float(get_loss("dpo")(pol, ref, beta=BETA).loss.mean())
 
 
+TOKEN_METRICS = ("eval_entropy", "eval_logits/chosen", "eval_logits/rejected", "eval_mean_token_accuracy")
+
+
+def _ncakit_eval(tok, policy, reference, ds, path: str) -> dict[str, float]:
+    """The scale loop's eval metrics (``evaluate``'s chain) on one batch holding every row."""
+    batch = KResponseCollator(tok.pad_token_id, k=2)([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        pol, stats = batch_logps(policy, batch, path=path, stats=True)
+        ref = batch_logps(reference, batch)
+    out = get_loss("dpo")(pol, ref, batch["rewards"], mask=batch["mask"], beta=BETA)
+    return window_metrics(MetricsWindow.rows(out, pol, batch, stats), prefix="eval_")
+
+
 def _assert_same_ids(ours, trl_ds):
     assert len(ours) == len(trl_ds) == N_ROWS
     for i in range(N_ROWS):
@@ -145,9 +168,16 @@ def test_same_ids_and_eval_loss_as_trl(kit, tmp_path, conversational):
         assert "<|user|>" not in tok.decode(ours[0]["prompt_ids"])
     else:
         assert tok.decode(ours[0]["prompt_ids"]).endswith("<|assistant|>\n")
-    trl_loss = trainer.evaluate()["eval_loss"]
+    trl_metrics = trainer.evaluate()
+    trl_loss = trl_metrics["eval_loss"]
     ours_loss = _ncakit_loss(tok, policy, reference, ours)
     assert ours_loss == pytest.approx(trl_loss, abs=1e-4)
+    assert set(TOKEN_METRICS) <= set(trl_metrics), sorted(trl_metrics)
+    for path in ("hidden", "logits"):
+        got = _ncakit_eval(tok, policy, reference, ours, path)
+        assert got["eval_loss"] == pytest.approx(trl_loss, abs=1e-4)
+        for key in TOKEN_METRICS:
+            assert got[key] == pytest.approx(trl_metrics[key], abs=1e-4), (path, key)
 
 
 def test_non_prefix_template_warns_and_falls_back_as_trl(kit, tmp_path):

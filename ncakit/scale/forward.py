@@ -18,6 +18,7 @@ Example::
 
     install_logprob_head(model)                      # before accelerator.prepare
     policy = batch_logps(model, batch)               # [B, K], with grad
+    policy, stats = batch_logps(model, batch, stats=True)   # + TokenStats [B, K] (no grad)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from ncakit.logprobs import (
     IGNORE_INDEX,
+    TokenStats,
     linear_token_logps,
     response_lengths,
     sequence_logps,
@@ -182,21 +184,25 @@ class LogprobHead(torch.nn.Linear):
         self.chunk_size = chunk_size
         self._labels: torch.Tensor | None = None
         self._ignore_index = IGNORE_INDEX
+        self._want_stats = False
+        self.stats: TokenStats | None = None
 
     @contextlib.contextmanager
-    def scoring(self, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX):
+    def scoring(self, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, *, stats: bool = False):
         """Arm the head for one forward: inside the block, the model's output ``.logits`` holds
-        per-token log-probs ``[N, T-1]`` for ``labels`` ``[N, T]`` instead of logits."""
+        per-token log-probs ``[N, T-1]`` for ``labels`` ``[N, T]`` instead of logits. ``stats=True``:
+        the forward also leaves the :class:`ncakit.logprobs.TokenStats` ``[N]`` of the scored
+        tokens in ``head.stats`` (no grad; a side channel, so the model's output is unchanged)."""
         if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
             got = list(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
             raise ValueError(f"labels: expected an int64 tensor of shape [N, T], got {got}")
         if self._labels is not None:
             raise RuntimeError("LogprobHead.scoring: already armed (nested scoring blocks are not supported)")
-        self._labels, self._ignore_index = labels, ignore_index
+        self._labels, self._ignore_index, self._want_stats, self.stats = labels, ignore_index, stats, None
         try:
             yield self
         finally:
-            self._labels = None
+            self._labels, self._want_stats = None, False
 
     @property
     def armed(self) -> bool:
@@ -219,7 +225,12 @@ class LogprobHead(torch.nn.Linear):
         weight = self.weight
         h = hidden[:, :-1][seq_idx, pos_idx].to(weight.dtype)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            tok = linear_token_logps(h, weight, targets[seq_idx, pos_idx], self.chunk_size)
+            tok = linear_token_logps(
+                h, weight, targets[seq_idx, pos_idx], self.chunk_size, stats=self._want_stats
+            )
+        if self._want_stats:
+            tok, per_token = tok
+            self.stats = per_token.index_sum(seq_idx, mask.shape[0])
         out = torch.zeros(mask.shape, dtype=tok.dtype, device=tok.device)
         # index_put (out of place) keeps the result connected to the graph even with no response token
         return out.index_put((seq_idx, pos_idx), tok)
@@ -284,7 +295,8 @@ def batch_logps(
     average: bool = False,
     path: str = "auto",
     chunk_size: int | None = None,
-) -> torch.Tensor:
+    stats: bool = False,
+):
     """Sequence log-probs ``[B, K]`` of a collated batch under ``model`` (grad follows the caller):
     log π(y_k | x_b) = the SUM of response-token log-probs, prompt and padding masked (MATH.md,
     Notation).
@@ -303,9 +315,13 @@ def batch_logps(
             :class:`LogprobHead` is installed, else ``"hidden"`` for unwrapped Llama/Mistral/Qwen-style
             models with a plain linear head, else ``"logits"`` (always for DDP/FSDP-wrapped models
             without the head, whose forward must be the wrapper's).
+        stats: also return the policy's :class:`ncakit.logprobs.TokenStats` ``[B, K]`` (no grad;
+            entropy, mean-logit and argmax-hit sums and the count of each response's scored
+            tokens, taken from each chunk's logits on every path; 0 at masked responses).
 
     Returns:
-        ``[B, K]`` float32, 0 at masked (padding) responses.
+        ``[B, K]`` float32, 0 at masked (padding) responses; with ``stats=True``,
+        ``(seq_logps, stats)``.
     """
     if path not in ("auto", "head", "hidden", "logits"):
         raise ValueError(f"path: expected 'auto', 'head', 'hidden' or 'logits', got {path!r}")
@@ -327,9 +343,15 @@ def batch_logps(
         raise ValueError(
             "path: 'head' needs a LogprobHead installed (ncakit.scale.forward.install_logprob_head)"
         )
+    token_stats = None
     if head is not None:
-        with head.scoring(labels):
+        with head.scoring(labels, stats=stats):
             out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        token_stats, head.stats = head.stats, None
+        if stats and token_stats is None:
+            raise RuntimeError(
+                "LogprobHead: armed with stats=True, but the model's forward never called the head"
+            )
         tok = out.logits if hasattr(out, "logits") else out[0]  # [N, T-1] per-token log-probs
         # FSDP2 with a bf16 output_dtype casts module outputs to bf16: sum in fp32, never in bf16
         # (a bf16 sequence log-prob near -300 would have a resolution of 2 nats)
@@ -342,11 +364,16 @@ def batch_logps(
         hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
         weight = lm.get_output_embeddings().weight
         seq = sequence_logps_from_hidden(
-            hidden.to(weight.dtype), weight, labels, average=average, chunk_size=chunk_size
+            hidden.to(weight.dtype), weight, labels, average=average, chunk_size=chunk_size, stats=stats
         )
     else:
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         logits = out.logits if hasattr(out, "logits") else out[0]
-        seq = sequence_logps(logits, labels, average=average, chunk_size=chunk_size)
+        seq = sequence_logps(logits, labels, average=average, chunk_size=chunk_size, stats=stats)
+    if stats and head is None:
+        seq, token_stats = seq
     seq = seq.float().view(B, K)
-    return seq * mask.to(seq.device)
+    seq = seq * mask.to(seq.device)
+    if not stats:
+        return seq
+    return seq, token_stats.apply(lambda v: v.view(B, K)).masked(mask)

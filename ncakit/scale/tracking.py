@@ -1,11 +1,14 @@
 """What a ``scale/train.py`` run logs: TRL-named metrics over a window of batches, to ``metrics.jsonl``.
 
 - :class:`MetricsWindow` -- the per-prompt tensors (loss, implicit rewards, weights, log-probs,
-  rewards, mask) and the token count of the micro-batches since the last log, kept on the device
-  (no host sync per micro-batch).
-- :func:`gather_rows` / :func:`window_metrics` -- every process's rows gathered, then the loss and
-  :func:`ncakit.metrics.preference_metrics` (TRL names, plus ``rewards/rank_k`` for K > 2) over all
-  of them; eval metrics get the ``eval_`` prefix as the HF Trainer's do.
+  rewards, mask, and the policy's token statistics: per-response sums of entropy, mean logit and
+  argmax hits with the token count, :class:`ncakit.logprobs.TokenStats`) and the token count of
+  the micro-batches since the last log, kept on the device (no host sync per micro-batch).
+- :func:`gather_rows` / :func:`window_metrics` -- every process's rows gathered, then the loss,
+  :func:`ncakit.metrics.preference_metrics` (TRL names, plus ``rewards/rank_k`` for K > 2) and
+  :func:`ncakit.metrics.token_metrics` (TRL's ``entropy``, ``logits/chosen``, ``logits/rejected``,
+  ``mean_token_accuracy``: ratios of the gathered token sums, so every token of every process
+  weighs the same) over all of them; eval metrics get the ``eval_`` prefix as the HF Trainer's do.
 - :class:`JsonlTracker` -- an accelerate tracker appending ``{"step": s, **values}`` lines to
   ``<output_dir>/metrics.jsonl``, the run's log of record (``scale/plot_dynamics.py`` and the tests
   read it), with the names above (``loss``, ``eval_loss``, ``rewards/chosen``, ...).
@@ -26,8 +29,9 @@ from typing import Any
 
 import torch
 
+from ncakit.logprobs import TokenStats
 from ncakit.losses import LossOutput
-from ncakit.metrics import preference_metrics
+from ncakit.metrics import preference_metrics, token_metrics
 
 __all__ = [
     "METRICS_FILE",
@@ -217,44 +221,58 @@ def make_trackers(cfg) -> list[Any]:
 
 class MetricsWindow:
     """Per-prompt tensors of the batches since the last log: loss [n], r̂ / weights / logps /
-    rewards / mask [n, K]; the response + prompt tokens seen (a device scalar) and the start time."""
+    rewards / mask [n, K], the policy's token statistics [n, K] (``stats_<field>`` of
+    :class:`ncakit.logprobs.TokenStats`, when the rows carry them); the response + prompt tokens
+    seen (a device scalar) and the start time."""
 
     KEYS = ("loss", "implicit_rewards", "weights", "policy_logps", "rewards", "mask")
+    STATS_KEYS = tuple(f"stats_{k}" for k in ("entropy_sum", "logit_sum", "top1", "tokens"))
 
     def __init__(self, device: torch.device | str = "cpu"):
-        self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.KEYS}
+        self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.KEYS + self.STATS_KEYS}
         self.tokens = torch.zeros((), dtype=torch.long, device=device)
         self.started = time.perf_counter()
 
     @staticmethod
-    def rows(out: LossOutput, policy_logps, batch) -> dict[str, torch.Tensor]:
-        """One batch's rows: detached, float32 (the mask stays bool), on the policy's device."""
-        return {
+    def rows(
+        out: LossOutput, policy_logps, batch, stats: TokenStats | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One batch's rows: detached, float32 (the mask and the token counts stay bool / int64),
+        on the policy's device; ``stats`` (the policy's ``[B, K]`` TokenStats) zeroed where masked."""
+        dev = policy_logps.device
+        mask = batch["mask"].to(dev)
+        rows = {
             "loss": out.loss.detach().float(),
             "implicit_rewards": out.implicit_rewards.float(),
             "weights": out.weights.float(),
             "policy_logps": policy_logps.detach().float(),
-            "rewards": batch["rewards"].to(policy_logps.device).float(),
-            "mask": batch["mask"].to(policy_logps.device),
+            "rewards": batch["rewards"].to(dev).float(),
+            "mask": mask,
         }
+        if stats is not None:
+            rows.update({f"stats_{k}": v.detach().to(dev) for k, v in stats.masked(mask).items().items()})
+        return rows
 
     def append(self, rows: dict[str, torch.Tensor]) -> None:
-        for k in self.KEYS:
-            self.parts[k].append(rows[k])
+        for k in self.KEYS + self.STATS_KEYS:
+            if k in rows:
+                self.parts[k].append(rows[k])
 
-    def add(self, out: LossOutput, policy_logps, batch) -> None:
+    def add(self, out: LossOutput, policy_logps, batch, stats: TokenStats | None = None) -> None:
         """One training micro-batch: its rows and its tokens (``attention_mask`` ones)."""
-        self.append(self.rows(out, policy_logps, batch))
+        self.append(self.rows(out, policy_logps, batch, stats))
         self.tokens += batch["attention_mask"].sum().to(self.tokens.device)
 
     def extend(self, other: MetricsWindow) -> None:
         """Add ``other``'s rows and tokens (one optimizer step's, once the step is known to be applied)."""
-        for k in self.KEYS:
+        for k in self.KEYS + self.STATS_KEYS:
             self.parts[k].extend(other.parts[k])
         self.tokens += other.tokens.to(self.tokens.device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: torch.cat(v) for k, v in self.parts.items()}
+        """The rows concatenated; the token statistics only when every batch carried them."""
+        n = len(self.parts["loss"])
+        return {k: torch.cat(v) for k, v in self.parts.items() if k in self.KEYS or (v and len(v) == n)}
 
 
 def gather_rows(accelerator, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -269,11 +287,16 @@ def gather_rows(accelerator, tensors: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def window_metrics(t: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
-    """Loss + :func:`preference_metrics` over all rows. Ranks follow the data rewards; pairwise
-    rows are chosen-first with ``rewards[:, 0] >= rewards[:, 1]`` and the stable sort keeps ties
-    in column order, so "chosen" is column 0 there, as in TRL."""
+    """Loss + :func:`preference_metrics` over all rows, + :func:`token_metrics` (``entropy``,
+    ``logits/chosen``, ``logits/rejected``, ``mean_token_accuracy``: token sums over all rows /
+    token counts) when the rows carry the token statistics. Ranks follow the data rewards;
+    pairwise rows are chosen-first with ``rewards[:, 0] >= rewards[:, 1]`` and the stable sort
+    keeps ties in column order, so "chosen" is column 0 there, as in TRL."""
     out = LossOutput(t["loss"], t["implicit_rewards"], t["weights"])
     m = {"loss": t["loss"].mean()} | preference_metrics(out, t["policy_logps"], t["rewards"], t["mask"])
+    if all(k in t for k in MetricsWindow.STATS_KEYS):
+        stats = TokenStats(*(t[k] for k in MetricsWindow.STATS_KEYS))
+        m |= token_metrics(stats, t["rewards"], t["mask"])
     return {f"{prefix}{k}": float(v) for k, v in m.items()}
 
 

@@ -66,6 +66,7 @@ from typing import Any
 
 import torch
 
+from ncakit.logprobs import TokenStats
 from ncakit.losses import LossOutput
 from ncakit.registry import get_loss, loss_spec
 from ncakit.scale.callbacks import CallbackList, TrainerCallback
@@ -432,11 +433,12 @@ def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
 
 def compute_loss(
     model, batch, cfg: TrainConfig, loss_fn, reference: Reference, *, validate: bool = True
-) -> tuple[LossOutput, torch.Tensor, torch.Tensor]:
-    """One batch -> ``(loss output, policy_logps [B, K], ref_logps [B, K])``. ``validate``: the
-    loss's input checks (host syncs; see the module docstring)."""
+) -> tuple[LossOutput, torch.Tensor, torch.Tensor, TokenStats]:
+    """One batch -> ``(loss output, policy_logps [B, K], ref_logps [B, K], the policy's TokenStats
+    [B, K])`` (no-grad token metrics from the policy's chunks; none from the reference).
+    ``validate``: the loss's input checks (host syncs; see the module docstring)."""
     ref_logps = reference.logps(model, batch)
-    policy_logps = batch_logps(model, batch, average=cfg.average_logps)  # [B, K], grad
+    policy_logps, stats = batch_logps(model, batch, average=cfg.average_logps, stats=True)  # [B, K], grad
     ref_logps = ref_logps.to(policy_logps.device, torch.float32)
     rewards, mask = batch["rewards"].to(policy_logps.device), batch["mask"].to(policy_logps.device)
     out = loss_fn(
@@ -447,21 +449,21 @@ def compute_loss(
         validate=validate,
         **{"beta": cfg.beta, **cfg.loss_kwargs},
     )
-    return out, policy_logps, ref_logps
+    return out, policy_logps, ref_logps, stats
 
 
-def train_step(run: Run, batch, *, validate: bool) -> tuple[LossOutput, torch.Tensor, bool]:
+def train_step(run: Run, batch, *, validate: bool) -> tuple[LossOutput, torch.Tensor, TokenStats, bool]:
     """One micro-batch under ``accelerator.accumulate``: forward, backward; on the last micro-batch
     of an optimizer step (``accelerator.sync_gradients``) also clipping, the step check
     (:func:`check_step`: a stop signal anywhere, a non-finite loss or gradient norm) and, if the step
     is finite, the optimizer step (accelerate's optimizer wrapper skips ``step`` / ``zero_grad`` on
-    the other micro-batches). Returns ``(loss output, policy log-probs, step applied)``."""
+    the other micro-batches). Returns ``(loss output, policy log-probs, token stats, step applied)``."""
     accelerator, model, cfg = run.accelerator, run.model, run.cfg
     if run.nonfinite is None:
         run.nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
     applied = True
     with accelerator.accumulate(model):
-        out, policy, _ = compute_loss(model, batch, cfg, run.loss_fn, run.reference, validate=validate)
+        out, policy, _, stats = compute_loss(model, batch, cfg, run.loss_fn, run.reference, validate=validate)
         loss = out.loss.detach()
         run.nonfinite |= ~torch.isfinite(loss).all()
         run.step_rows.append((run.state.batches_in_epoch, loss, batch["rewards"]))
@@ -476,7 +478,7 @@ def train_step(run: Run, batch, *, validate: bool) -> tuple[LossOutput, torch.Te
         if applied:
             run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-    return out, policy, applied
+    return out, policy, stats, applied
 
 
 @torch.no_grad()
@@ -488,9 +490,11 @@ def evaluate(run: Run) -> dict[str, float]:
     model.eval()
     window = MetricsWindow()
     for i, batch in enumerate(run.eval_loader):
-        out, policy, _ = compute_loss(model, batch, run.cfg, run.loss_fn, run.reference, validate=i == 0)
+        out, policy, _, stats = compute_loss(
+            model, batch, run.cfg, run.loss_fn, run.reference, validate=i == 0
+        )
         # gather_for_metrics drops the samples added to even out the last batch
-        window.append(accelerator.gather_for_metrics(MetricsWindow.rows(out, policy, batch)))
+        window.append(accelerator.gather_for_metrics(MetricsWindow.rows(out, policy, batch, stats)))
     model.train(was_training)
     return window_metrics(window.tensors(), prefix="eval_")
 
@@ -636,9 +640,9 @@ def _train(cfg: TrainConfig, accelerator, t_start: float, callbacks) -> TrainRes
             skip = state.batches_in_epoch
             loader = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
             for batch in loader:
-                out, policy, applied = train_step(run, batch, validate=first_micro_batch)
+                out, policy, stats, applied = train_step(run, batch, validate=first_micro_batch)
                 state.batches_in_epoch += 1
-                step_window.add(out, policy, batch)
+                step_window.add(out, policy, batch, stats)
                 first_micro_batch = accelerator.sync_gradients
                 if not accelerator.sync_gradients:
                     continue
