@@ -502,9 +502,12 @@ def pairwise_to_k(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 _CHEN = "Chen et al. 2024, arXiv:2402.05369"
-# Colours: Okabe & Ito 2008 (colour-blind safe) for the losses the project discusses most.
+# Colours: Okabe & Ito 2008 (colour-blind safe) for the losses the project discusses most, chosen so
+# the ones that share a panel stay apart under every common colour-vision deficiency: DPO vermillion,
+# InfoNCA reddish purple (orange and vermillion are one hue to a deuteranope), NCA blue, pairwise NCA
+# sky blue (tests/test_toy_demo.py measures the distances).
 for _spec in (
-    LossSpec("infonca", infonca, "k-way", True, _CHEN, "InfoNCA", "#E69F00"),  # orange
+    LossSpec("infonca", infonca, "k-way", True, _CHEN, "InfoNCA", "#CC79A7"),  # reddish purple
     LossSpec("nca", nca, "k-way", True, _CHEN, "NCA", "#0072B2"),  # blue
     LossSpec(
         "plackett_luce",
@@ -513,7 +516,7 @@ for _spec in (
         True,
         "Rafailov et al. 2023 App. A.3; Song et al. 2023 (PRO)",
         "Plackett–Luce",
-        "#CC79A7",  # reddish purple
+        "#E69F00",  # orange (InfoNCA's K-way neighbour)
         aliases=("pl",),
     ),
     LossSpec(

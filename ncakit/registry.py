@@ -52,7 +52,8 @@ CALL_ARGUMENTS = ("policy_logps", "ref_logps", "rewards", "beta", "mask", "valid
 #: data, a configuration cannot.
 TENSOR_KEYWORDS = ("lengths",)
 
-#: The reference policy μ (and other neutral references) in every figure.
+#: The reference policy μ (and other neutral references) in every figure: a neutral grey, apart from
+#: every loss colour in lightness as well as hue.
 REFERENCE_COLOR = "#6E6E6E"
 # Paul Tol's "muted" palette (colour-blind safe) for names that are not registered.
 _FALLBACK_COLORS = (

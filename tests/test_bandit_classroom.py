@@ -159,3 +159,69 @@ def test_notebook_style_sets_the_tutorials_defaults():
         assert tuple(rc["figure.figsize"]) == (8, 3) and rc["axes.grid"]
     with pytest.raises(ValueError, match="font_size"):
         notebook_style(font_size=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The policy views and GIFs (issue 17): log axis, chosen responses marked, frame timing; one live figure
+# ----------------------------------------------------------------------------------------------
+
+
+def test_policy_view_marks_the_chosen_responses_on_a_log_axis(small):
+    fig = plot_policy(small, ("dpo", "nca"))
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"  # a fall from 10 % to 10^-6 is visible, not a flat zero
+    # The outlined bars are the tracked prompt's CHOSEN responses, recomputed here from the data itself:
+    # rank 1 of each tuple (and the chosen of each pair) of prompt 0 (BanditTrainConfig.track_prompt).
+    b = make_bandit(small.setting.bandit, small.seeds[:1])
+    chosen = set(b.tuples[0, 0, :, 0].tolist()) | set(b.pairs[0, 0, :, 0].tolist())
+    outlined = [p for p in ax.patches if p.get_linewidth() > 1.0]
+    assert len(outlined) == len(chosen) >= 1
+
+
+def test_animation_frames_are_log_spaced_and_the_end_is_held(small, tmp_path):
+    from PIL import Image
+
+    from ncakit.toy.classroom import animate_policy, animation_frames
+
+    steps = np.arange(0, 2001, 20)  # the classic preset's logging
+    idx = animation_frames(steps, max_frames=40)
+    assert idx[0] == 0 and idx[-1] == len(steps) - 1 and len(set(idx)) == len(idx)
+    # Dense early: a third of the frames show the first 10 % of training, where the policy moves most
+    # (every logged step there; a linear clock would give it 10 %), and every decade gets screen time.
+    assert (steps[idx] <= 200).mean() >= 0.3
+    assert ((steps[idx] > 200) & (steps[idx] <= 2000)).sum() >= 10
+    path = animate_policy(small, tmp_path / "a.gif", max_frames=8, fps=8, hold_s=1.0)
+    with Image.open(path) as im:
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+    # every frame shows a new step at 1/fps; the pause at the end is the last frame's own, longer duration
+    # (GIF stores centiseconds: 1/8 s is written as 120 ms)
+    assert len(set(durations[:-1])) == 1 and abs(durations[0] - 125) <= 10
+    assert abs(durations[-1] - durations[0] - 1000) <= 10
+    # With the defaults on the classic preset's logging the still end is under a third of the loop
+    # (it was ~85 % of the loop before: most frames showed the settled policy).
+    import inspect
+
+    defaults = inspect.signature(animate_policy).parameters
+    fps, hold = defaults["fps"].default, defaults["hold_s"].default
+    n = len(animation_frames(steps, defaults["max_frames"].default))
+    assert hold / (n / fps + hold) < 1 / 3
+
+
+def test_live_controls_show_one_figure():
+    pytest.importorskip("ipywidgets")
+    small_run = quick_run(steps=5, seeds=(0,))
+
+    def draw(**kw):  # what the tutorials' draw does: create a figure, plt.show()
+        plot_live(small_run, panels=("chosen",))
+        plt.show()
+
+    plt.close("all")
+    box = live_controls(draw, replace_static=False)
+    # The redraw's figure went to the live output and was closed: nothing is left open for the inline
+    # backend to show a second, static copy at the end of the cell.
+    assert plt.get_fignums() == []
+    bundle = box._repr_mimebundle_()
+    assert bundle["image/png"]  # the default figure, for viewers without a widget front-end

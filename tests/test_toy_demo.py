@@ -7,6 +7,7 @@ with status 2 and a message that names the flag; every figure function draws fro
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -158,10 +159,44 @@ def test_toy_is_not_a_package():
 # ----------------------------------------------------------------------------------------------
 
 
+def _lab(hex_colour: str) -> np.ndarray:
+    """CIE L*a*b* (D65) of an sRGB colour: Euclidean distances there approximate perceived differences."""
+    rgb = np.array([int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ lin
+    f = np.cbrt(xyz / np.array([0.9505, 1.0, 1.089]))
+    f = np.where(
+        xyz / np.array([0.9505, 1.0, 1.089]) > 0.008856,
+        f,
+        7.787 * xyz / np.array([0.9505, 1.0, 1.089]) + 16 / 116,
+    )
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def _deutan(hex_colour: str) -> str:
+    """The colour as a deuteranope sees it (Viénot, Brettel & Mollon 1999, in linear RGB)."""
+    rgb = np.array([int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    m = np.array([[0.29275, 0.70725, 0.0], [0.29275, 0.70725, 0.0], [-0.02234, 0.02234, 1.0]])
+    out = np.clip(m @ lin, 0, 1)
+    srgb = np.where(out <= 0.0031308, 12.92 * out, 1.055 * out ** (1 / 2.4) - 0.055)
+    return "#" + "".join(f"{int(round(v * 255)):02X}" for v in srgb)
+
+
 def test_loss_colours_are_fixed_distinct_and_stable():
-    fixed = {"dpo": "#D55E00", "infonca": "#E69F00", "nca": "#0072B2", "nca_pair": "#56B4E9"}
+    # Okabe & Ito's colour-blind-safe palette for the four losses every figure compares (their entries
+    # in ncakit.losses)
+    fixed = {"dpo": "#D55E00", "infonca": "#CC79A7", "nca": "#0072B2", "nca_pair": "#56B4E9"}
     for name, colour in fixed.items():
         assert registry.loss_color(name) == colour == registry.loss_spec(name).color
+    # DPO vs InfoNCA vs NCA share panels: clearly apart (CIE76 ΔE > 25; ~2.3 is a just-noticeable
+    # difference), for normal vision and for a deuteranope (the commonest deficiency). Vermillion and
+    # orange, the old DPO/InfoNCA pair, are only ~17 apart for a deuteranope.
+    for a, b in itertools.combinations(("dpo", "infonca", "nca"), 2):
+        ca, cb = registry.loss_color(a), registry.loss_color(b)
+        assert np.linalg.norm(_lab(ca) - _lab(cb)) > 25, (a, b)
+        assert np.linalg.norm(_lab(_deutan(ca)) - _lab(_deutan(cb))) > 25, (a, b)
+    assert np.linalg.norm(_lab(_deutan("#D55E00")) - _lab(_deutan("#E69F00"))) < 25  # why InfoNCA moved
     colours = [spec.color for spec in registry.LOSS_SPECS.values()]
     assert len(set(colours)) == len(colours), "every registered loss has its own colour"
     assert registry.loss_color("sigmoid") == registry.loss_color("dpo")  # TRL's alias
@@ -217,3 +252,180 @@ def test_animation_writes_a_gif(tiny_runs, tmp_path):
         animate_policy(h, tmp_path / "b.gif", losses=("ipo",))
     with pytest.raises(ValueError, match="seed_index"):
         animate_policy(h, tmp_path / "c.gif", seed_index=5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Claims: each preset's own, checked only where they apply (issue 17)
+# ----------------------------------------------------------------------------------------------
+
+
+def _failed(stdout: str) -> list[str]:
+    """The printed claim lines that hold in fewer seeds than were run ("  3/8  text")."""
+    out = []
+    for line in stdout.splitlines():
+        head = line.strip().split("  ")[0]
+        if "/" in head and head.replace("/", "").isdigit():
+            k, n = map(int, head.split("/"))
+            if k < n:
+                out.append(line)
+    return out
+
+
+def test_classic_claims_skip_families_they_do_not_describe():
+    from ncakit.toy.report import check_claims, format_claims
+
+    runs = run_preset("classic", (0,), steps=3, families=["linear", "lowrank", "mlp"])
+    c = check_claims(runs, "classic")
+    # Checked: the three settings the classic claims were calibrated on (lowrank is the classic's own).
+    checked = {text.split(":")[0] for text in c["claims"]}
+    assert checked == {"tabular-control", "tabular-overlap", "lowrank"}
+    # Skipped, with the reason: the classic claims describe the low-rank policy, not these families.
+    skipped = {s["setting"]: s["reason"] for s in c["skipped"]}
+    assert set(skipped) == {"linear", "mlp"}
+    assert all("lowrank" in r for r in skipped.values())
+    text = format_claims(c)
+    assert "linear: every claim" in text and "not checked" in text
+    assert c["steps"] == 3 and c["calibrated_steps"] == 2000 and "calibrated at 2000 steps" in text
+
+
+def test_claims_name_only_the_losses_that_were_trained():
+    from ncakit.toy.report import check_claims, format_claims
+
+    runs = run_preset("classic", (0,), steps=3, losses=["ipo", "hinge"])
+    c = check_claims(runs, "classic")
+    # None of the classic claims speaks about IPO or hinge: nothing is counted, every claim is skipped.
+    assert c["claims"] == {} and c["all"]["count"] == 0
+    assert c["skipped"] and all("trained: ipo, hinge" in s["reason"] for s in c["skipped"])
+    text = format_claims(c)
+    assert "all of the above" not in text and "no claim of the classic preset applies" in text
+    # DPO alone: its claims are checked, NCA's are skipped (not counted as failures).
+    c = check_claims(run_preset("classic", (0,), steps=3, losses=["dpo"]), "classic")
+    assert all("nca" not in t.split(":")[1] for t in c["claims"])
+    assert any("nca/nca_pair chosen > -1" in s["claim"] for s in c["skipped"])
+
+
+def test_each_preset_has_its_own_claims():
+    from ncakit.toy.report import CLAIM_SETS, check_claims
+
+    assert set(CLAIM_SETS) == set(PRESETS) and CLAIM_SETS["zoo"] is None
+    k4 = check_claims(run_preset("k4-rewards", (0,), steps=3), "k4-rewards")
+    # k4-rewards (β = 1, α = 1) is not the classic condition: its claims are about NCA's absolute targets,
+    # none of the classic's "DPO/InfoNCA chosen < -2" (which does not happen at β = 1).
+    assert k4["claims"] and not any("< -2" in t for t in k4["claims"])
+    assert any("optimum" in t for t in k4["claims"])
+    # The classic claims are not checked on the k4 settings (their β/α differ): all skipped, none failed.
+    c = check_claims(run_preset("k4-rewards", (0,), steps=3), "classic")
+    assert c["claims"] == {} and len(c["skipped"]) == 3
+    sweep = check_claims(run_preset("alpha-sweep", (0,), steps=3), "alpha-sweep")
+    assert "alpha=3: infonca chosen < -2" not in sweep["claims"]  # at α = 3 InfoNCA's fall is gone
+    assert "alpha=0.1: infonca chosen < -2" in sweep["claims"]
+
+
+def test_demo_k4_rewards_prints_no_claim_that_does_not_apply(tmp_path):
+    # The documented command at its real length (2000 steps) on 2 seeds: every printed claim holds.
+    out = tmp_path / "k4"
+    res = _run("--preset", "k4-rewards", "--seeds", "2", "--out", str(out), "--no-progress", timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "what the k4-rewards preset must show" in res.stdout
+    assert not _failed(res.stdout), res.stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert s["claims"]["preset"] == "k4-rewards" and s["claims"]["all"]["count"] == 2
+    assert "skipped" in s["claims"]
+
+
+def test_demo_policy_families_prints_no_claim_that_does_not_apply(tmp_path):
+    # `--policy linear lowrank mlp` (toy/README.md): the classic claims are checked on the settings
+    # they describe (lowrank and the two tabular ones), the linear and mlp columns are listed as skipped.
+    out = tmp_path / "pol"
+    res = _run(
+        "--policy", "linear", "lowrank", "mlp", "--seeds", "2", "--out", str(out), "--no-progress", timeout=600
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert not _failed(res.stdout), res.stdout
+    assert "linear: every claim of this setting" in res.stdout and "mlp: every claim" in res.stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert {x["setting"] for x in s["claims"]["skipped"]} == {"linear", "mlp"}
+    assert s["claims"]["all"]["count"] == 2 and len(s["claims"]["claims"]) == 9
+
+
+def test_demo_projector_writes_a_16_9_hero(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "hero"
+    res = _run("--seeds", "1", "--steps", "20", "--projector", "--out", str(out), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    with Image.open(out / "hero.png") as im:
+        w, h = im.size
+    assert abs(w / h - 16 / 9) < 0.01 and w >= 1600  # a lecture-hall slide, full HD
+    assert "hero.png" in json.loads((out / "summary.json").read_text())["files"]
+
+
+def test_help_does_not_cut_words():
+    text = _load_demo().build_parser().format_help()
+    epilog = text.split("Presets:")[1]
+    # every preset's description is there in full, wrapped at spaces only
+    for pr in PRESETS.values():
+        assert " ".join(pr.description.split()) in " ".join(epilog.split())
+    assert "..." not in epilog
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure defects of issue 17
+# ----------------------------------------------------------------------------------------------
+
+
+def test_symlog_keeps_a_small_value_visible_next_to_a_large_fall():
+    import matplotlib.pyplot as plt
+
+    from ncakit.toy.plotkit import symlog_axis
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot([0, 1], [-120, 1.2])
+    assert symlog_axis(ax, -120.0, 1.2) and ax.get_yscale() == "symlog"
+    y = lambda v: ax.transData.transform((0, v))[1]  # noqa: E731
+    height = ax.bbox.height
+    # On a linear −120..+1.2 axis NCA's +1.2 sits 1 % of the panel above 0: invisible. Here >= 8 %.
+    assert (y(1.2) - y(0.0)) / height > 0.08
+    assert not symlog_axis(ax, -3.0, 1.2)  # a narrow range stays linear
+    plt.close(fig)
+
+
+def test_dynamics_labels_the_reference_line_and_writes_final_values(tiny_runs):
+    fig = plot_dynamics(tiny_runs)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "μ (log-ratio 0)" in labels and "DPO" in labels
+    ax = fig.axes[0]
+    finals = [t.get_text() for t in ax.texts]
+    h = tiny_runs["tabular-control"]
+    assert len(finals) == len(h.losses)  # one final value per loss at the panel's right edge
+    assert f"{h.final('chosen')[h.loss_index('nca')].mean():+.1f}" in finals
+    assert "\\log \\pi_\\theta" in ax.get_ylabel()  # mathtext, not raw "log π/μ"
+
+
+def test_ranks_legend_lists_only_what_is_drawn(tiny_runs):
+    def dashed(fig):
+        return [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+
+    def listed(fig):
+        return any("NCA optimum" in t.get_text() for t in fig.legends[0].get_texts())
+
+    # classic (β = 0.1): NCA's optimum is out of reach, no dashed line, so not in the legend; a footnote says so
+    fig = plot_ranks(tiny_runs)
+    assert not dashed(fig) and not listed(fig)
+    assert any("out of reach" in t.get_text() for t in fig.texts)
+    k4 = run_preset("k4-rewards", (0,), steps=5)  # β = 1: reachable, drawn and listed
+    fig = plot_ranks(k4)
+    assert dashed(fig) and listed(fig)
+
+
+def test_mass_legend_swatches_are_the_bars_colours(tiny_runs):
+    from ncakit.toy.figures import mass_handles
+
+    handles = mass_handles(["dpo", "nca"])
+    assert [label for _, label in handles][0] == "best seen response"
+    faces = {matplotlib.colors.to_hex(p.get_facecolor()).upper() for p in handles[0][0]}
+    assert faces == {registry.REFERENCE_COLOR.upper(), registry.loss_color("dpo"), registry.loss_color("nca")}
+    fig = preset_figures(tiny_runs)["mass"]
+    # no empty quarter: the panels fill the figure down to ~1 inch above the bottom edge
+    bottom_in = min(ax.get_position().y0 for ax in fig.axes) * fig.get_size_inches()[1]
+    assert bottom_in < 1.1

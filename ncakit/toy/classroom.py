@@ -33,6 +33,8 @@ from matplotlib.ticker import MaxNLocator
 from ncakit.registry import REFERENCE_COLOR, loss_color, loss_label
 from ncakit.toy.figures import (
     METRIC_LABELS,
+    PI_STAR_LABEL,
+    REFERENCE_LINE,
     SWEEP_PARAMS,
     color_shades,
     draw_band,
@@ -43,6 +45,7 @@ from ncakit.toy.figures import (
     loss_handles,
     loss_style,
     mass_handles,
+    reference_handle,
     reward_kl_handles,
     style,
     sweep_axis,
@@ -60,6 +63,8 @@ __all__ = [
     "live_controls",
     "plot_policy",
     "animate_policy",
+    "animation_frames",
+    "POLICY_FLOOR",
 ]
 
 
@@ -68,9 +73,10 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
-def _pillow_writer(fps: int):
+def _pillow_writer(fps: int, hold_s: float = 0.0):
     """matplotlib's PillowWriter, with every frame mapped onto ONE palette taken from the first frame
-    (Pillow otherwise quantizes each frame adaptively when saving, ~0.1 s a frame: most of the time)."""
+    (Pillow otherwise quantizes each frame adaptively when saving, ~0.1 s a frame: most of the time),
+    and the last frame shown ``hold_s`` seconds longer (a pause before the loop restarts, not re-drawn)."""
     from matplotlib.animation import PillowWriter
     from PIL import Image
 
@@ -82,12 +88,47 @@ def _pillow_writer(fps: int):
                 self._palette = frame.quantize(colors=128, method=Image.Quantize.MEDIANCUT)
             self._frames[-1] = frame.quantize(palette=self._palette, dither=Image.Dither.NONE)
 
+        def finish(self):
+            step = int(1000 / self.fps)
+            durations = [step] * (len(self._frames) - 1) + [step + int(1000 * hold_s)]
+            self._frames[0].save(
+                self.outfile, save_all=True, append_images=self._frames[1:], duration=durations, loop=0
+            )
+
     return _OnePaletteWriter(fps=fps)
+
+
+def _chosen_in_data(history, seed_index: int) -> np.ndarray:
+    """[N] bool: the tracked prompt's responses that were CHOSEN (rank 1 of a tuple, or the chosen of a
+    pair) in the data. The History keeps no data, so the seed's bandit is drawn again (make_bandit is
+    deterministic per seed) and the tracked prompt found by its reward vector and seen set."""
+    import torch
+
+    from ncakit.toy.bandit import make_bandit
+
+    reward = history.reference["track_reward"][seed_index]
+    seen = history.reference["track_seen"][seed_index] > 0.5
+    for dtype in (torch.float32, torch.float64):  # the dtype the run used is not recorded
+        b = make_bandit(history.setting.bandit, [history.seeds[seed_index]], dtype=dtype)
+        rewards = b.reward[0].detach().cpu().double().numpy()  # [X, N]
+        prompt = int(np.argmin(np.abs(rewards - reward[None]).max(-1)))
+        if np.allclose(rewards[prompt], reward, atol=1e-4) and np.array_equal(
+            b.seen[0, prompt].cpu().numpy(), seen
+        ):
+            ids = np.concatenate(
+                [b.tuples[0, prompt, :, 0].cpu().numpy(), b.pairs[0, prompt, :, 0].cpu().numpy()]
+            )
+            chosen = np.zeros(len(reward), dtype=bool)
+            chosen[ids] = True
+            return chosen
+    raise ValueError(
+        "history: cannot redraw the data of its tracked prompt (was the bandit drawn by make_bandit?)"
+    )
 
 
 def _tracked_prompt(history, losses, seed_index):
     """Validated losses and the tracked prompt's data, responses sorted by true reward (best last):
-    (losses, mu [N], seen [N] bool, best position, probs [T, L, N])."""
+    (losses, mu [N], seen [N] bool, chosen [N] bool, best position, probs [T, L, N])."""
     losses = [n for n in losses if n in history.losses]
     if not losses:
         raise ValueError(
@@ -99,31 +140,62 @@ def _tracked_prompt(history, losses, seed_index):
     order = np.argsort(reward)
     mu = ref["track_ref_probs"][seed_index][order]
     seen = ref["track_seen"][seed_index][order] > 0.5
+    chosen = _chosen_in_data(history, seed_index)[order]
     best = int(np.argmax(np.where(seen, reward[order], -np.inf)))
     probs = history.metrics["track_probs"][:, :, seed_index][..., order]  # [T, L, N]
-    return losses, mu, seen, best, probs
+    return losses, mu, seen, chosen, best, probs
 
 
-def _draw_policy(ax, heights, mu, seen, best, color, ymax):
-    """Bars of π_θ(·|x) (pale: never seen in the data), μ's outline, seen/best markers; the bars."""
+#: The floor of the log-probability axis of the policy views: smaller probabilities sit on it.
+POLICY_FLOOR = 1e-12
+_CHOSEN_EDGE = "black"
+
+
+def _policy_floor(probs, mu) -> float:
+    """The y floor of a policy view: a decade under the smallest probability shown, >= POLICY_FLOOR."""
+    low = min(float(np.min(probs[probs > 0])) if np.any(probs > 0) else 1.0, float(mu.min()))
+    return max(POLICY_FLOOR, 10.0 ** np.floor(np.log10(low) - 0.5))
+
+
+def _draw_policy(ax, heights, mu, seen, chosen, best, color, floor):
+    """Bars of π_θ(·|x) on a LOG axis (pale: never seen in the data; thick black outline: chosen in the
+    data), μ's step line, seen/best markers under the axis; returns the bars."""
     x = np.arange(len(mu))
-    bars = ax.bar(x, heights, color=[color if s else (*to_rgb(color), 0.35) for s in seen])
-    ax.step(x, mu, where="mid", color=REFERENCE_COLOR, linewidth=1.8, label="μ (reference)")
-    ax.scatter(x[seen], np.full(seen.sum(), -0.035 * ymax), marker="^", s=30, color="black", clip_on=False)
+    face = [color if s else (*to_rgb(color), 0.35) for s in seen]
+    bars = ax.bar(
+        x, np.maximum(heights, floor) - floor, bottom=floor, color=face,
+        edgecolor=[_CHOSEN_EDGE if c else "none" for c in chosen], linewidth=[2.2 if c else 0 for c in chosen],
+    )  # fmt: skip
+    ax.step(x, mu, where="mid", color=REFERENCE_COLOR, linewidth=2.0, label="μ (reference)")
+    ax.set_yscale("log")
+    ax.set_ylim(floor, 1.5)
+    tr = ax.get_xaxis_transform()  # x in data, y in axes coordinates: markers just under the axis
     ax.scatter(
-        [best], [-0.035 * ymax], marker="*", s=170, color="gold", edgecolor="black", clip_on=False, zorder=5
+        x[seen], np.full(seen.sum(), -0.04), marker="^", s=34, color="black", clip_on=False, transform=tr
     )
-    ax.set_ylim(0, ymax)
+    ax.scatter(
+        [best],
+        [-0.04],
+        marker="*",
+        s=190,
+        color="gold",
+        edgecolor="black",
+        clip_on=False,
+        zorder=5,
+        transform=tr,
+    )
     ax.set_xticks([])
-    ax.set_xlabel("responses, sorted by true reward →", labelpad=16)
+    ax.set_xlabel("responses, sorted by true reward →", labelpad=18)
     ax.grid(False)
+    ax.grid(axis="y", alpha=0.2)
     return bars
 
 
-def _policy_legend(ax):
+def _policy_legend(ax, fontsize=12):
     ax.legend(
         handles=[
-            Line2D([], [], color=REFERENCE_COLOR, linewidth=1.8, label="μ (reference)"),
+            Line2D([], [], color=REFERENCE_COLOR, linewidth=2.0, label="μ (reference)"),
+            Patch(facecolor="white", edgecolor=_CHOSEN_EDGE, linewidth=2.2, label="chosen in the data"),
             Line2D([], [], marker="^", color="black", linestyle="", label="seen in the data"),
             Line2D(
                 [], [], marker="*", markersize=13, color="gold", markeredgecolor="black", linestyle="",
@@ -131,9 +203,29 @@ def _policy_legend(ax):
             ),
         ],
         loc="upper left",
-        frameon=False,
-        fontsize=12,
+        frameon=True,
+        framealpha=0.85,
+        edgecolor="none",
+        fontsize=fontsize,
     )  # fmt: skip
+
+
+def _chosen_logratio(p, mu, chosen) -> float:
+    """Mean log-ratio log π_θ/μ of the chosen responses of the tracked prompt."""
+    return float(np.mean(np.log(np.maximum(p[chosen], 1e-300)) - np.log(mu[chosen])))
+
+
+def animation_frames(steps, max_frames: int = 40) -> np.ndarray:
+    """Indices into the logged ``steps`` for a GIF: log-spaced in the training step (the policy moves
+    fastest early on, and a log clock gives every decade of training the same screen time), from the
+    first logged step to the last, each index once."""
+    steps = np.asarray(steps)
+    T = len(steps)
+    check_int("max_frames", max_frames, 2)
+    targets = np.geomspace(max(steps[1] if T > 1 else 1, 1), max(steps[-1], 1), max_frames - 1)
+    return np.unique(np.concatenate([[0], np.searchsorted(steps, targets).clip(0, T - 1), [T - 1]])).astype(
+        int
+    )
 
 
 def animate_policy(
@@ -142,50 +234,56 @@ def animate_policy(
     losses: Sequence[str] = ("dpo", "nca"),
     *,
     seed_index: int = 0,
-    fps: int = 10,
+    fps: int = 8,
     max_frames: int = 40,
     dpi: int = 80,
+    hold_s: float = 1.5,
 ) -> Path:
     """Write a GIF (matplotlib's PillowWriter) of π_θ(·|x) over the responses of the tracked prompt,
-    one panel per loss, responses sorted by true reward (best on the right). Grey outline: μ; a
-    triangle under a bar marks a response seen in the data; the star marks the best seen one; pale
-    bars are responses never seen in the data."""
+    one panel per loss, responses sorted by true reward (best on the right), on a LOG probability
+    axis (a fall from 10 % to 0.001 % is visible). Thick black outline: the responses CHOSEN in the
+    data; grey step line: μ; a triangle under a bar marks a response seen in the data; the star the
+    best seen one; pale bars: never seen. The title follows the chosen responses' mean log-ratio.
+    Frames (:func:`animation_frames`): log-spaced training steps at ``fps``, the last one held
+    ``hold_s`` seconds longer."""
     from matplotlib.animation import FuncAnimation
 
-    losses, mu, seen, best, probs = _tracked_prompt(history, losses, seed_index)
-    T = probs.shape[0]
-    # Quadratically spaced frames: the policy moves fastest early on.
-    frames = np.unique((np.linspace(0, 1, min(max_frames, T)) ** 2 * (T - 1)).round().astype(int))
-    ymax = min(1.0, max(probs[:, [history.loss_index(n) for n in losses]].max(), mu.max()) * 1.08)
-    with style():
-        fig, axes = plt.subplots(1, len(losses), figsize=(6.2 * len(losses), 4.8), squeeze=False, sharey=True)
+    losses, mu, seen, chosen, best, probs = _tracked_prompt(history, losses, seed_index)
+    frames = animation_frames(history.steps, max_frames)
+    li = [history.loss_index(n) for n in losses]
+    floor = _policy_floor(probs[:, li], mu)
+    with style(), mpl.rc_context({"font.size": 16, "axes.titlesize": 18, "axes.labelsize": 16}):
+        fig, axes = plt.subplots(1, len(losses), figsize=(6.4 * len(losses), 5.2), squeeze=False, sharey=True)
         bars = []
-        for ax, loss in zip(axes[0], losses):
+        for ax, loss, i in zip(axes[0], losses, li):
             col = loss_color(loss)
-            bars.append(_draw_policy(ax, probs[0, history.loss_index(loss)], mu, seen, best, col, ymax))
-            ax.set_title(loss_label(loss), color=col)
-        axes[0, 0].set_ylabel("π_θ(y | x)")
-        _policy_legend(axes[0, 0])
+            bars.append(_draw_policy(ax, probs[0, i], mu, seen, chosen, best, col, floor))
+            ax.set_title(loss_label(loss), color=col, fontweight="bold")
+        axes[0, 0].set_ylabel(r"$\pi_\theta(y \mid x)$  (log scale)")
+        _policy_legend(axes[0, 0], fontsize=13)
         fig.subplots_adjust(
-            left=0.9 / fig.get_size_inches()[0], right=0.98, bottom=0.17, top=0.8, wspace=0.08
+            left=1.1 / fig.get_size_inches()[0], right=0.985, bottom=0.14, top=0.76, wspace=0.06
         )
-        text = fig.suptitle("", fontsize=15)
+        text = fig.suptitle("", fontsize=17, y=0.985, va="top")
 
         def update(frame):
-            for b, loss in zip(bars, losses):
-                for rect, h in zip(b, probs[frame, history.loss_index(loss)]):
-                    rect.set_height(h)
-            unseen = [max(0.0, 1 - probs[frame, history.loss_index(n)][seen].sum()) for n in losses]
+            for b, i in zip(bars, li):
+                for rect, h in zip(b, probs[frame, i]):
+                    rect.set_height(max(h, floor) - floor)
+            parts = [
+                f"{loss_label(n)} {_chosen_logratio(probs[frame, i], mu, chosen):+.1f}"
+                for n, i in zip(losses, li)
+            ]
             text.set_text(
-                f"{history.setting.title} — step {history.steps[frame]}\nmass on never-seen responses: "
-                + ",  ".join(f"{loss_label(n)} {u:.0%}" for n, u in zip(losses, unseen))
+                f"{history.setting.title}: step {history.steps[frame]}\n"
+                "chosen responses, mean log π/μ: " + ",   ".join(parts)
             )
             return [r for b in bars for r in b] + [text]
 
         anim = FuncAnimation(fig, update, frames=frames, blit=False)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        anim.save(path, writer=_pillow_writer(fps), dpi=dpi)
+        anim.save(path, writer=_pillow_writer(fps, hold_s), dpi=dpi)
         plt.close(fig)
     return path
 
@@ -194,26 +292,31 @@ def plot_policy(
     history, losses: Sequence[str] = ("dpo", "nca"), *, seed_index: int = 0, step: int = -1
 ) -> Figure:
     """π_θ(·|x) of the tracked prompt at one logged step (default: the last), one panel per loss:
-    a still frame of :func:`animate_policy`. Responses sorted by true reward (best on the right);
-    grey outline μ; triangles: seen in the data; star: the best seen response; pale bars: never seen.
-    Each panel's title gives the mass on the best seen and on the never-seen responses."""
-    losses, mu, seen, best, probs = _tracked_prompt(history, losses, seed_index)
+    a still frame of :func:`animate_policy` (log probability axis; thick black outline: chosen in
+    the data; grey step line μ; triangles: seen in the data; star: the best seen response; pale bars:
+    never seen). Each panel's title gives the mass on the best seen and on the never-seen responses
+    and the chosen responses' mean log-ratio."""
+    losses, mu, seen, chosen, best, probs = _tracked_prompt(history, losses, seed_index)
     T = probs.shape[0]
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not -T <= step < T:
         raise ValueError(f"step: expected a logged-step index in [-{T}, {T}), got {step!r}")
     frame = probs[step]
-    ymax = min(1.0, max(frame[[history.loss_index(n) for n in losses]].max(), mu.max()) * 1.12)
+    floor = _policy_floor(frame[[history.loss_index(n) for n in losses]], mu)
     with style():
-        fig, axes = plt.subplots(1, len(losses), figsize=(5.6 * len(losses), 5.0), squeeze=False, sharey=True)
+        fig, axes = plt.subplots(1, len(losses), figsize=(5.8 * len(losses), 5.4), squeeze=False, sharey=True)
         for ax, loss in zip(axes[0], losses):
             col, p = loss_color(loss), frame[history.loss_index(loss)]
-            _draw_policy(ax, p, mu, seen, best, col, ymax)
+            _draw_policy(ax, p, mu, seen, chosen, best, col, floor)
             unseen = max(0.0, 1.0 - p[seen].sum())
-            ax.set_title(f"{loss_label(loss)}: best seen {p[best]:.0%}, never seen {unseen:.0%}", color=col)
-        axes[0, 0].set_ylabel("π_θ(y | x)")
+            ax.set_title(
+                f"{loss_label(loss)}: best seen {p[best]:.0%}, never seen {unseen:.0%}\n"
+                f"chosen: mean log π/μ {_chosen_logratio(p, mu, chosen):+.1f}",
+                color=col,
+            )
+        axes[0, 0].set_ylabel(r"$\pi_\theta(y \mid x)$  (log scale)")
         _policy_legend(axes[0, 0])
         w, h = fig.get_size_inches()
-        fig.subplots_adjust(left=0.9 / w, right=1 - 0.2 / w, bottom=0.8 / h, top=1 - 1.05 / h, wspace=0.08)
+        fig.subplots_adjust(left=1.0 / w, right=1 - 0.2 / w, bottom=0.8 / h, top=1 - 1.45 / h, wspace=0.08)
         figure_title(
             fig,
             f"{history.setting.title}: π_θ(·|x) of one prompt at step {history.steps[step]} "
@@ -383,13 +486,15 @@ def plot_live(history, panels: Sequence[str] = ("chosen", "best_logratio", "mass
                 for loss in losses:
                     draw_band(ax, h.steps, h.metrics[name][:, h.loss_index(loss)], loss_style(loss))
                 if name in ("chosen", "rejected", "best_logratio"):
-                    ax.axhline(0.0, color="black", linewidth=1.0, linestyle=":", zorder=0)
+                    ax.axhline(0.0, zorder=0, **REFERENCE_LINE)
                 ax.set_ylabel(METRIC_LABELS.get(name, name))
                 ax.set_xlabel("training step")
                 ax.xaxis.set_major_locator(MaxNLocator(5))
         handles = loss_handles(losses)
+        if any(n in panels for n in ("chosen", "rejected", "best_logratio")):
+            handles.append(reference_handle())
         if "mass" in panels:
-            handles += mass_handles()
+            handles += mass_handles(losses)
         if "reward_kl" in panels:
             handles += reward_kl_handles([])
         finish_figure(
@@ -452,14 +557,14 @@ def plot_frontier(runs: dict, param: str, losses: Sequence[str] | None = None) -
                     },
                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
                 )  # fmt: skip
-        ax.set_xlabel("KL(π_θ || μ)  (nats)")
+        ax.set_xlabel(r"$\mathrm{KL}(\pi_\theta \,\|\, \mu)$  (nats)")
         ax.set_ylabel("expected true reward")
         ax.set_xlim(left=-0.1)
         handles = loss_handles(losses) + [
             Line2D([], [], color=REFERENCE_COLOR, alpha=0.6, linewidth=2.5, label="best reward at each KL"),
             Line2D(
                 [], [], marker="*", markersize=17, color="gold", markeredgecolor="black", linestyle="",
-                label="π* ∝ μ·exp(r/αβ)",
+                label=PI_STAR_LABEL,
             ),
             Line2D([], [], marker="o", markersize=10, color=REFERENCE_COLOR, linestyle="", label="μ"),
         ]  # fmt: skip
@@ -487,15 +592,20 @@ def live_controls(
     k: int = 4,
     family: str = "lowrank",
     tuples_per_prompt: int = 8,
+    replace_static: bool = True,
 ):
     """Sliders for the bandit's knobs (α, β, K, the policy family, M = tuples per prompt) wired with
     ``ipywidgets.interactive_output`` to ``draw(alpha=, beta=, k=, family=, tuples_per_prompt=)``,
     which should re-run a small bandit and draw a figure. Returns an ``ipywidgets.VBox`` (controls
     above the live output); display it as a cell's last expression.
 
-    Without a widget front-end (nbval, nbclient, a static viewer) the box shows a one-line text
-    instead, so a notebook should draw the default figure itself as well. Needs ipywidgets (the
-    ``notebooks`` extra); sliders fire on release (``continuous_update=False``).
+    ONE figure: each redraw's figures are rendered into the live output and closed (so the inline
+    backend does not show a second, static copy at the end of the cell). The box also carries the
+    default figure as a PNG, what a viewer without a widget front-end (GitHub, nbviewer) shows in
+    its place; with ``replace_static`` (default) the cell's earlier output (a static figure of the
+    default values that the tutorials draw first) is cleared when the box appears, so a live
+    notebook shows the live figure only. Needs ipywidgets (the ``notebooks`` extra); sliders fire on
+    release (``continuous_update=False``).
     """
     try:
         import ipywidgets as widgets
@@ -533,16 +643,57 @@ def live_controls(
             value=tuples_per_prompt, min=1, max=16, description="M (tuples/prompt)", **common
         ),
     }
-    out = widgets.interactive_output(draw, controls)
+    fallback: dict[str, str] = {}
+
+    def live(**kw):
+        figs = _draw_figures(draw, kw)
+        from IPython.display import display
+
+        for fig in figs:
+            if not fallback:
+                fallback["image/png"] = _png_base64(fig)
+            display(fig)  # inside interactive_output: into the live output widget
+            plt.close(fig)  # ... and only there: no static copy from the inline backend
+
+    out = widgets.interactive_output(live, controls)
 
     class _LiveBox(widgets.VBox):
-        # What a viewer without a widget front-end sees instead of a long repr of every slider.
+        # What a viewer without a widget front-end sees: the default figure and one line of text
+        # instead of a long repr of every slider; a widget front-end renders the widget itself.
         def _repr_mimebundle_(self, **kwargs):
             bundle = super()._repr_mimebundle_(**kwargs)
             if bundle:
                 bundle["text/plain"] = (
                     "[live controls: α, β, K, policy family, M; open the notebook in Jupyter to use them]"
                 )
+                bundle.update(fallback)
             return bundle
 
+    if replace_static:
+        from IPython.display import clear_output
+
+        clear_output(wait=True)  # the cell's static default figure gives way to the box (which carries it)
     return _LiveBox([widgets.VBox(list(controls.values())), out])
+
+
+def _draw_figures(draw, kwargs) -> list:
+    """Call ``draw(**kwargs)`` with ``plt.show`` held back and matplotlib non-interactive; the
+    figures it opened (the ones it returned or left open), for the caller to display once."""
+    from unittest import mock
+
+    before = set(plt.get_fignums())
+    with plt.ioff(), mock.patch.object(plt, "show", lambda *a, **k: None):
+        result = draw(**kwargs)
+    figs = [plt.figure(n) for n in plt.get_fignums() if n not in before]
+    if isinstance(result, Figure) and result not in figs:
+        figs.append(result)
+    return figs
+
+
+def _png_base64(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")

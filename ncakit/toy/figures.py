@@ -47,6 +47,15 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ncakit.registry import ALIASES, LOSS_SPECS, REFERENCE_COLOR, loss_color, loss_label, loss_spec
+from ncakit.toy.plotkit import (
+    PI_STAR_LABEL,
+    REFERENCE_LINE,
+    final_labels,
+    reference_handle,
+    symlog_axis,
+    symlog_ticks,
+    text_color,
+)
 from ncakit.toy.presets import REPORTS
 from ncakit.validation import check_choice
 
@@ -59,6 +68,10 @@ __all__ = [
     "finish_figure",
     "loss_handles",
     "METRIC_LABELS",
+    "PI_STAR_LABEL",
+    "REFERENCE_LINE",
+    "reference_handle",
+    "symlog_axis",
     "draw_mass",
     "mass_handles",
     "draw_reward_kl",
@@ -185,8 +198,15 @@ def finish_figure(
         hspace=hspace,
     )
     figure_title(fig, title)
+    keys, labels = [], []
+    for hd in handles:  # a Line2D/Patch, or a (key, label) pair such as mass_handles()'s swatches
+        key, label = hd if isinstance(hd, tuple) else (hd, hd.get_label())
+        keys.append(key)
+        labels.append(label)
     fig.legend(
-        handles=handles,
+        keys,
+        labels,
+        handler_map=_swatch_handler(),
         loc="upper center",
         bbox_to_anchor=(0.5, 1 - 0.5 / h),
         ncol=ncol,
@@ -225,11 +245,11 @@ def loss_handles(losses):
 
 #: Axis labels of the metrics drawn over steps (other metrics are labelled with their name).
 METRIC_LABELS = {
-    "chosen": "chosen\nlog π/μ (nats)",
-    "rejected": "rejected\nlog π/μ (nats)",
-    "best_logratio": "best seen response\nlog π/μ (nats)",
-    "expected_reward": "E[r] under π",
-    "kl": "KL(π || μ)",
+    "chosen": "chosen\n$\\log \\pi_\\theta/\\mu$ (nats)",
+    "rejected": "rejected\n$\\log \\pi_\\theta/\\mu$ (nats)",
+    "best_logratio": "best seen response\n$\\log \\pi_\\theta/\\mu$ (nats)",
+    "expected_reward": "$\\mathbb{E}_{\\pi_\\theta}[r]$",
+    "kl": "$\\mathrm{KL}(\\pi_\\theta \\,\\|\\, \\mu)$",
     "mass_unseen": "mass on unseen",
     "mass_best": "mass on best seen",
 }
@@ -242,7 +262,9 @@ def plot_dynamics(
 ) -> Figure:
     """(a) Log-ratios over training, one column per setting, one row per metric; mean ± std over
     seeds. ``chosen``/``rejected`` follow each loss's own data (a pairwise loss's rejected is its
-    pair's). The dotted line is the reference (log-ratio 0: the likelihood under μ)."""
+    pair's). The dotted line is the reference (log-ratio 0: the likelihood under μ). A panel whose
+    values span more than :data:`SYMLOG_ABOVE` nats gets a symlog axis (linear within ±1 nat), so a
+    +1.2 next to a −120 stays visible; each loss's final mean is written at the right edge."""
     hs = check_runs(runs)
     losses = list(losses or hs[0].losses)
     with style():
@@ -252,9 +274,13 @@ def plot_dynamics(
         for c, h in enumerate(hs):
             for r, m in enumerate(metrics):
                 ax = axes[r, c]
-                for loss in losses:
-                    draw_band(ax, h.steps, h.metrics[m][:, h.loss_index(loss)], loss_style(loss))
-                ax.axhline(0.0, color="black", linewidth=1.0, linestyle=":", zorder=0)
+                vals = h.metrics[m][:, [h.loss_index(n) for n in losses]]  # [T, L', S]
+                for i, loss in enumerate(losses):
+                    draw_band(ax, h.steps, vals[:, i], loss_style(loss))
+                ax.axhline(0.0, zorder=0, **REFERENCE_LINE)
+                mean, std = vals.mean(-1), vals.std(-1)
+                symlog_axis(ax, float((mean - std).min()), float((mean + std).max()))
+                final_labels(ax, h.steps[-1], mean[-1], losses)
                 if r == 0:
                     ax.set_title(h.setting.title)
                 if c == 0:
@@ -263,8 +289,10 @@ def plot_dynamics(
                     ax.set_xlabel("training step")
         finish_figure(
             fig,
-            f"Log-ratio log π_θ/μ during training (mean ± std over {len(hs[0].seeds)} seeds)",
-            loss_handles(losses),
+            f"Log-ratio $\\log \\pi_\\theta/\\mu$ during training (mean ± std over {len(hs[0].seeds)} seeds; "
+            "wide ranges on a symlog axis, linear within ±1 nat)",
+            loss_handles(losses) + [reference_handle()],
+            right=0.95,
         )
     return fig
 
@@ -301,20 +329,37 @@ def draw_mass(ax, h, losses, *, label_fontsize=11):
             ax.text(
                 xi, 1.0 - vals[2] / 2, f"{vals[2]:.0%}", ha="center", va="center", fontsize=label_fontsize
             )
-    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_xticks(x, names, rotation=25, ha="right", rotation_mode="anchor")
     for tick, col in zip(ax.get_xticklabels(), colors):
         tick.set_color(col)
     ax.set_ylim(0, 1)
     ax.grid(axis="x", visible=False)
 
 
-def mass_handles():
-    """Legend handles of the three parts of :func:`draw_mass`'s bars."""
-    return [
-        Patch(facecolor="0.35", edgecolor="0.35", label="best seen response"),
-        Patch(facecolor=(0.35, 0.35, 0.35, 0.4), edgecolor="0.35", label="other seen responses"),
-        Patch(facecolor="white", edgecolor="0.35", hatch="///", label="never seen in the data"),
-    ]
+class _Swatches(tuple):
+    """A legend key drawn as one small swatch per colour (the bars' own colours)."""
+
+
+def _swatch_handler():
+    from matplotlib.legend_handler import HandlerTuple
+
+    return {_Swatches: HandlerTuple(ndivide=None, pad=0.0)}
+
+
+def mass_handles(losses: Sequence[str] | None = None):
+    """Legend handles of the three parts of :func:`draw_mass`'s bars, each drawn in the bars' colours
+    (μ's grey and every loss's colour; ``losses=None``: μ's grey only)."""
+    colors = [REFERENCE_COLOR, *[loss_color(n) for n in (losses or ())]]
+    parts = (
+        ("best seen response", lambda c: {"facecolor": c, "edgecolor": c}),
+        ("other seen responses", lambda c: {"facecolor": (*to_rgb(c), 0.4), "edgecolor": c}),
+        ("never seen in the data", lambda c: {"facecolor": "white", "edgecolor": c, "hatch": "///"}),
+    )
+    out = []
+    for label, kw in parts:
+        key = _Swatches(Patch(linewidth=1.2, **kw(c)) for c in colors)
+        out.append((key, label))
+    return out
 
 
 def plot_mass(runs: dict, losses: Sequence[str] | None = None) -> Figure:
@@ -325,12 +370,13 @@ def plot_mass(runs: dict, losses: Sequence[str] | None = None) -> Figure:
     losses = list(losses or hs[0].losses)
     with style():
         draw = lambda ax, h: draw_mass(ax, h, losses)  # noqa: E731
-        fig = _panel_row(hs, draw, "probability mass (final)", height=4.8, sharey=True)
+        fig = _panel_row(hs, draw, "probability mass (final)", height=4.6, sharey=True)
         finish_figure(
             fig,
             "Where the probability mass goes (final, mean over prompts and seeds)",
-            mass_handles(),
-            bottom=1.35,
+            mass_handles(losses),
+            bottom=1.05,
+            wspace=0.12,
         )
     return fig
 
@@ -362,14 +408,14 @@ def draw_reward_kl(ax, h, losses):
         ax.scatter([kl[-1].mean()], [er[-1].mean()], s=80, color=st["color"], edgecolor="black", zorder=4)
     xmax = max(h.metrics["kl"].max(), ref["target_kl"].mean()) * 1.15
     ax.set_xlim(-0.05 * xmax, xmax)
-    ax.set_xlabel("KL(π_θ || μ)  (nats)")
+    ax.set_xlabel(r"$\mathrm{KL}(\pi_\theta \,\|\, \mu)$  (nats)")
 
 
 def reward_kl_handles(losses):
     """Legend handles of :func:`draw_reward_kl`: one line per loss, the frontier, π* and μ."""
     return loss_handles(losses) + [
         Line2D([], [], color=REFERENCE_COLOR, alpha=0.6, linewidth=2, label="best reward at each KL"),
-        Line2D([], [], marker="*", markersize=16, color="gold", markeredgecolor="black", linestyle="", label="π* ∝ μ·exp(r/αβ)"),
+        Line2D([], [], marker="*", markersize=16, color="gold", markeredgecolor="black", linestyle="", label=PI_STAR_LABEL),
         Line2D([], [], marker="o", markersize=9, color=REFERENCE_COLOR, linestyle="", label="μ"),
     ]  # fmt: skip
 
@@ -410,16 +456,18 @@ def plot_ranks(runs: dict, losses: Sequence[str] | None = None) -> Figure:
     """(d) For the K-way losses: the log-ratio of the response at each reward rank of the K-tuples
     (rank 1 = chosen), mean over data and seeds. Dashed: NCA's per-response optimum log(K·w̄)/β
     (w̄: the mean soft label of that response over its tuples; MATH.md, NCA), drawn when a tabular
-    policy can reach it (Σ_seen μ·e^{s*} <= 1) in at least half the prompts, noted otherwise."""
+    policy can reach it (Σ_seen μ·exp(s*) <= 1) in at least half the prompts; where it is out of
+    reach a footnote under the panels says so (the legend lists the dashed line only if one is drawn)."""
 
     hs = check_runs(runs)
     losses = [n for n in (losses or hs[0].losses) if not loss_spec(n).pairwise]
     if not losses:
         raise ValueError("losses: plot_ranks needs at least one K-way loss (e.g. 'infonca', 'nca')")
     K = hs[0].metrics["rank_logratio"].shape[-1]
+    drawn, partly, unreachable = False, [], []
     with style():
         fig, axes = plt.subplots(
-            len(losses), len(hs), figsize=(5.2 * len(hs), 3.6 * len(losses)), squeeze=False, sharex=True
+            len(losses), len(hs), figsize=(5.2 * len(hs), 3.6 * len(losses) + 0.5), squeeze=False, sharex=True
         )
         for c, h in enumerate(hs):
             targets = h.reference["nca_target_rank"].mean(0)  # [K]
@@ -430,26 +478,20 @@ def plot_ranks(runs: dict, losses: Sequence[str] | None = None) -> Figure:
                 shades = color_shades(loss_color(loss), K)
                 for k in range(K):
                     draw_band(ax, h.steps, h.metrics["rank_logratio"][:, li, :, k], {"color": shades[k]})
-                ax.axhline(0.0, color="black", linewidth=1.0, linestyle=":", zorder=0)
+                ax.axhline(0.0, zorder=0, **REFERENCE_LINE)
                 if _canonical(loss) == "nca":
                     if feasible >= 0.5:
                         for k in range(K):
                             ax.axhline(targets[k], color=shades[k], linestyle="--", linewidth=1.6)
+                        drawn = True
                         if feasible < 0.995:
-                            ax.text(
-                                0.98, 0.04, f"(reachable in {feasible:.0%} of prompts)", transform=ax.transAxes,
-                                ha="right", va="bottom", fontsize=11, color="0.3",
-                            )  # fmt: skip
+                            partly.append(f"{h.setting.name} ({feasible:.0%} of prompts)")
                     else:
-                        beta = h.setting.beta
-                        ax.text(
-                            0.98, 0.04, f"optimum log(K·w̄)/β out of reach at β = {beta:g}:\nit asks for more than all the mass",
-                            transform=ax.transAxes, ha="right", va="bottom", fontsize=11, color="0.3",
-                        )  # fmt: skip
+                        unreachable.append(f"{h.setting.name} (β = {h.setting.beta:g})")
                 if r == 0:
                     ax.set_title(h.setting.title)
                 if c == 0:
-                    ax.set_ylabel(f"{loss_label(loss)}\nlog π/μ (nats)")
+                    ax.set_ylabel(f"{loss_label(loss)}\n$\\log \\pi_\\theta/\\mu$ (nats)")
                 if r == len(losses) - 1:
                     ax.set_xlabel("training step")
                 ax.xaxis.set_major_locator(MaxNLocator(5))  # 2000 steps: labels would run together
@@ -458,10 +500,33 @@ def plot_ranks(runs: dict, losses: Sequence[str] | None = None) -> Figure:
             Line2D([], [], color=grey[k], label=f"rank {k + 1}" + (" (chosen)" if k == 0 else ""))
             for k in range(K)
         ]
-        handles.append(
-            Line2D([], [], color="0.3", linestyle="--", linewidth=1.6, label="NCA optimum log(K·w̄)/β")
+        if drawn:
+            handles.append(
+                Line2D(
+                    [], [], color="0.3", linestyle="--", linewidth=1.6,
+                    label="NCA optimum $\\log(K\\bar{w})/\\beta$",
+                )
+            )  # fmt: skip
+        handles.append(reference_handle())
+        notes = []
+        if unreachable:
+            notes.append(
+                "NCA's optimum $\\log(K\\bar{w})/\\beta$ is out of reach (it asks for more than all the mass), "
+                "not drawn: " + ", ".join(unreachable)
+            )
+        if partly:
+            notes.append("optimum reachable in only part of the prompts: " + ", ".join(partly))
+        finish_figure(
+            fig,
+            f"K = {K} rewards: log-ratio of each reward rank (mean ± std over seeds)",
+            handles,
+            bottom=0.75 + 0.3 * len(notes),
         )
-        finish_figure(fig, f"K = {K} rewards: log-ratio of each reward rank (mean ± std over seeds)", handles)
+        for i, note in enumerate(notes):
+            fig.text(
+                0.5, (0.1 + 0.3 * (len(notes) - 1 - i)) / fig.get_size_inches()[1], note,
+                ha="center", va="bottom", fontsize=12, color="0.25",
+            )  # fmt: skip
     return fig
 
 
@@ -501,8 +566,8 @@ def plot_sweep(runs: dict, param: str, losses: Sequence[str] | None = None) -> F
     setting), mean ± std over seeds."""
     hs, losses, xs, order = sweep_axis(runs, param, losses)
     panels = (
-        ("chosen", "chosen log π/μ (nats)"),
-        ("best_logratio", "best seen response\nlog π/μ (nats)"),
+        ("chosen", r"chosen $\log \pi_\theta/\mu$ (nats)"),
+        ("best_logratio", "best seen response\n" r"$\log \pi_\theta/\mu$ (nats)"),
         ("reward_gain", "E[r] gain over μ"),
     )
     with style():
@@ -515,7 +580,7 @@ def plot_sweep(runs: dict, param: str, losses: Sequence[str] | None = None) -> F
                     xs[order], vals.mean(1), yerr=vals.std(1, ddof=1) if vals.shape[1] > 1 else None,
                     marker="o", markersize=7, capsize=4, **st,
                 )  # fmt: skip
-            ax.axhline(0.0, color="black", linewidth=1.0, linestyle=":", zorder=0)
+            ax.axhline(0.0, zorder=0, **REFERENCE_LINE)
             ax.set_xscale("log")
             ax.set_xticks(xs[order], [f"{v:g}" for v in xs[order]])
             ax.minorticks_off()
@@ -524,7 +589,7 @@ def plot_sweep(runs: dict, param: str, losses: Sequence[str] | None = None) -> F
         finish_figure(
             fig,
             f"Final values against {SWEEP_PARAMS[param][0]} (mean ± std over seeds)",
-            loss_handles(losses),
+            loss_handles(losses) + [reference_handle("μ (0)")],
         )
     return fig
 
@@ -541,32 +606,6 @@ def _zoo_marker(name: str) -> dict:
     col = loss_color(name)
     face = "white" if loss_spec(name).reference_free else col
     return {"marker": "s" if _is_pairwise(_canonical(name)) else "o", "mfc": face, "mec": col, "mew": 2.2}
-
-
-def _symlog_ticks(ax, lo: float, hi: float):
-    """Readable symlog ticks: 0; −1, −10, −100, −10³ ... (every other decade beyond five); +1, +3, +10 ..."""
-    neg = []
-    p = 0
-    while lo < 0 and 10.0**p <= -lo * 1.0001:
-        neg.append(p)
-        p += 1
-    if len(neg) > 5:
-        neg = neg[::2]
-    pos = [v for v in (1, 3, 10, 30, 100, 300) if v <= hi * 1.0001]
-    ticks = [-(10.0**q) for q in reversed(neg)] + [0.0] + [float(v) for v in pos]
-    labels = [(f"−{10**q:g}" if q < 3 else f"$-10^{{{q}}}$") for q in reversed(neg)] + ["0"]
-    labels += [f"+{v:g}" for v in pos]
-    ax.set_xticks(ticks, labels)
-    ax.minorticks_off()
-
-
-def _text_color(color: str) -> str:
-    """The colour darkened until text in it reads on white (light palette entries such as sand)."""
-    rgb = np.array(to_rgb(color))
-    luminance = float(rgb @ np.array([0.2126, 0.7152, 0.0722]))
-    if luminance > 0.45:
-        rgb = rgb * (0.45 / luminance)
-    return mpl.colors.to_hex(rgb)
 
 
 def plot_zoo(runs: dict, losses: Sequence[str] | None = None, *, order_by: str | None = None) -> Figure:
@@ -624,10 +663,10 @@ def plot_zoo(runs: dict, losses: Sequence[str] | None = None, *, order_by: str |
             hi = max(float(chosen.max()), 1.0)
             ax_c.set_xscale("symlog", linthresh=_ZOO_LINTHRESH)
             ax_c.set_xlim(lo * 1.6 if lo < -_ZOO_LINTHRESH else lo - 0.5, hi * 1.6)
-            _symlog_ticks(ax_c, lo, hi)
+            symlog_ticks(ax_c, lo, hi)
             ax_c.axvspan(ax_c.get_xlim()[0], 0.0, color="#D55E00", alpha=0.07, linewidth=0, zorder=0)
             ax_c.axvline(0.0, color="black", linewidth=1.2, linestyle=":", zorder=1)
-            ax_c.set_xlabel("chosen log π/μ (nats)")
+            ax_c.set_xlabel(r"chosen $\log \pi_\theta/\mu$ (nats)")
             ax_c.set_title(h.setting.title, loc="left", fontsize=15)
             # reward gain: linear, with the gain of π* ∝ μ·exp(r/(αβ)) for scale
             target = float(
@@ -652,7 +691,7 @@ def plot_zoo(runs: dict, losses: Sequence[str] | None = None, *, order_by: str |
                     ax.axhspan(yi - 0.5, yi + 0.5, color="0.5", alpha=0.06, linewidth=0, zorder=0)
         first.set_yticks(y, [loss_label(n) for n in losses])
         for tick, n in zip(first.get_yticklabels(), losses):
-            tick.set_color(_text_color(loss_color(n)))
+            tick.set_color(text_color(loss_color(n)))
             tick.set_fontweight("bold")
         first.set_ylim(-0.6, len(losses) - 0.4)
         handles = [
@@ -661,7 +700,7 @@ def plot_zoo(runs: dict, losses: Sequence[str] | None = None, *, order_by: str |
             Line2D([], [], marker="o", color="0.3", mfc="white", mew=2, linestyle="", markersize=9,
                    label="reference-free"),
             Patch(facecolor="#D55E00", alpha=0.15, label="chosen likelihood fell below μ"),
-            Line2D([], [], color=REFERENCE_COLOR, linestyle="--", linewidth=1.6, label="gain of π* ∝ μ·exp(r/αβ)"),
+            Line2D([], [], color=REFERENCE_COLOR, linestyle="--", linewidth=1.6, label="gain of " + PI_STAR_LABEL),
         ]  # fmt: skip
         h0 = hs[0]
         finish_figure(
