@@ -24,7 +24,29 @@
 # response towards its own target; the **closed-form optima** are found again by plain gradient
 # descent; and the **anchor values** at policy = reference pin down what a correct implementation
 # prints. Every loss value and gradient comes from `ncakit.losses`: the same functions the bandit
-# (notebook 1) and `scale/train.py` call. About 10 seconds on a laptop CPU.
+# (notebook 1) and `scale/train.py` call.
+#
+# **Objectives.** After this notebook you can
+# - turn K scores into soft labels w = softmax(r/α) and say what α → 0 and α → ∞ do;
+# - show that InfoNCA is a K-way cross-entropy on the implicit rewards, and that DPO is its K = 2,
+#   α → 0 case (label-smoothed DPO its finite-α case);
+# - rewrite NCA as K weighted binary cross-entropies and read off its optimum r̂ᵢ\* = log(K·wᵢ);
+# - compute each loss's gradient coefficients with autograd and explain why InfoNCA cannot resist a
+#   common fall of all likelihoods while NCA can;
+# - check an implementation against the anchor values at policy = reference.
+#
+# **Prerequisites.** [Notebook 1](01_decreasing_likelihood.ipynb) (the losses written down, and the
+# effect these facts explain). Python with PyTorch tensors and autograd (`requires_grad`,
+# `.backward()`); the softmax, the logistic sigmoid, cross-entropy, a derivative.
+#
+# **Paper.** Chen et al., [arXiv:2402.05369](https://arxiv.org/abs/2402.05369) (v3,
+# [HTML](https://arxiv.org/html/2402.05369v3)): §2 (Background: Direct Preference Optimization),
+# §3 (InfoNCA: Extending DPO from Preference to Explicit Rewards) and §4 (NCA: Fixing Decreased
+# Response Likelihood Issue for InfoNCA). The names come from noise-contrastive estimation (NCE,
+# Gutmann & Hyvärinen 2010) and the InfoNCE loss (van den Oord et al. 2018).
+#
+# **Time to run.** About 10 seconds on the project's 2-core CI machine (measured by
+# `tutorials/build.py`); a slower laptop can take a few times longer.
 #
 # **Notation** ([MATH.md](../ncakit/MATH.md), the project's formula sheet, cited by section name
 # below). A prompt x has K responses y₁…y_K with rewards r₁…r_K.
@@ -61,6 +83,9 @@ names = [f"y{i + 1} (r = {v:g})" for i, v in enumerate(r.tolist())]
 
 # %% [markdown]
 # ## 1. Soft labels: what α does
+#
+# *Paper: §3 (InfoNCA: Extending DPO from Preference to Explicit Rewards), the step from scores to
+# targets.*
 #
 # A reward is a score, not a probability. Both losses first turn the K scores of a prompt into
 # **soft labels** (MATH.md, notation)
@@ -136,6 +161,8 @@ w = soft_labels(r[None], alpha)[0]  # the running example's labels, [K]
 # %% [markdown]
 # ## 2. InfoNCA is K-way classification
 #
+# *Paper: §3 (InfoNCA). The K-way form is that of InfoNCE (van den Oord et al. 2018).*
+#
 # Read the implicit rewards r̂ as the **logits of a classifier** over the K responses: p = softmax(r̂)
 # is the policy's answer to "which of the K responses came from the target π\*?". InfoNCA trains
 # that classifier on the soft labels with the ordinary cross-entropy (MATH.md, InfoNCA):
@@ -165,6 +192,10 @@ print(
 
 # %% [markdown]
 # ## 3. DPO is InfoNCA with K = 2 and α → 0
+#
+# *Paper: §2 (Background: Direct Preference Optimization) and §3; the abstract states "the DPO loss
+# is a special case of our proposed InfoNCA objective under pairwise preference settings".
+# Label-smoothed ("conservative") DPO is Mitchell (2023).*
 #
 # A preference pair is reward data with K = 2 and labels that only say who won: the chosen response
 # first, rewards (1, 0). As α → 0 the soft labels become one-hot, w = (1, 0), and InfoNCA becomes
@@ -220,6 +251,9 @@ plt.show()
 # %% [markdown]
 # ## 4. NCA is one binary classification per response
 #
+# *Paper: §4 (NCA: Fixing Decreased Response Likelihood Issue for InfoNCA); the binary task is
+# that of noise-contrastive estimation (Gutmann & Hyvärinen 2010).*
+#
 # NCA asks a different question, **separately for each response**: is yᵢ a sample of the target
 # π\* (a "positive", with weight wᵢ) or a sample of the reference μ (a "noise" sample, weight 1/K)?
 # The classifier for response i is σ(r̂ᵢ) (MATH.md, NCA):
@@ -271,6 +305,9 @@ print(f"running example (α = {alpha:g}):  t = {rounded(t)}   logit(t) = log(K·
 
 # %% [markdown]
 # ## 5. The gradients: who gets pushed, and where to
+#
+# *Paper: §4; in the abstract's words, InfoNCA and DPO adjust the relative likelihood across the
+# responses to one instruction, while NCA optimises the absolute likelihood of each response.*
 #
 # Training moves each log-likelihood log π_θ(yᵢ|x) against the gradient coefficient ∂L/∂r̂ᵢ
 # (times β): a **negative** coefficient pushes response i **up**, a positive one pushes it down.
@@ -376,6 +413,8 @@ print(
 # %% [markdown]
 # ## 6. The closed-form optima, found by gradient descent
 #
+# *Paper: §3 (InfoNCA's optimum) and §4 (NCA's).*
+#
 # MATH.md states the minimisers over free implicit rewards: **NCA → r̂ᵢ\* = log(K·wᵢ)**, one
 # absolute value per response; **InfoNCA → r̂\* = r/α + C** for *any* constant C. We let plain
 # gradient descent find them from two starting points: the reference (r̂ = 0) and a policy that
@@ -464,6 +503,9 @@ print(f"InfoNCA at its optimum, both starts: {rounded(final, 4)} = entropy of w 
 # %% [markdown]
 # ## 7. Anchor values at policy = reference
 #
+# *Paper: no counterpart; these are the project's test anchors (MATH.md). Plackett–Luce is the
+# listwise loss of the DPO paper (Rafailov et al. 2023).*
+#
 # A test a correct implementation must pass (MATH.md, test anchors): with every log-ratio 0 the
 # losses take fixed values, **whatever the rewards**: InfoNCA = −Σ wᵢ log(1/K) = ln K;
 # NCA = −Σ wᵢ log ½ − (1/K)·Σ log ½ = 2 ln 2 for every K; DPO = ln 2; pairwise NCA = 2 ln 2;
@@ -493,17 +535,35 @@ dpo(chosen_first, torch.zeros(1, 2), beta=0.1).loss.sum().backward()
 print(f"DPO gradient at π_θ = μ, β = 0.1: ∂L/∂s_w = {rounded(chosen_first.grad[0, 0], 4)} (= −β/2)")
 
 # %% [markdown]
-# ## What to remember
+# ## Recap
 #
-# - **Soft labels** w = softmax(r/α) turn scores into targets; α is in reward units (α → 0: only
-#   the ranking counts; α → ∞: nothing counts).
-# - **InfoNCA** = K-way cross-entropy on logits r̂. **DPO** is its K = 2, α → 0 case (and
-#   label-smoothed DPO its K = 2, finite-α case).
-# - **NCA** = K separate binary classifications, target vs reference; its optimum log(K·wᵢ) is an
-#   absolute level for each response: anything better than average (wᵢ > 1/K) ends above the reference.
-# - InfoNCA's gradient coefficients **sum to zero**: it only sees differences, so it cannot notice
-#   (or resist) all likelihoods falling together. NCA's coefficient for a response depends on that
-#   response alone and **pulls it to its own target**.
+# - **Soft labels** w = softmax(r/α): on the running scores, α = 0.01 gives w = [1.0, 0.0, 0.0, 0.0],
+#   α = 2 gives [0.609, 0.224, 0.136, 0.03] and α = 10⁴ gives [0.25, 0.25, 0.25, 0.25]; α is in
+#   reward units.
+# - **InfoNCA** equals PyTorch's cross-entropy on logits r̂ with targets w (to 1e-12); **DPO** equals
+#   InfoNCA with K = 2, α = 0.001, and InfoNCA with K = 2, α = 1 equals label-smoothed DPO with
+#   ε = σ(−1) = 0.2689.
+# - **NCA** equals a sum of K weighted binary cross-entropies, and NCA(K = 2, one-hot) equals
+#   `nca_pair`; its optimum log(K·w) = [0.891, −0.109, −0.609, −2.109] is reached by gradient
+#   descent from r̂ = 0 and from r̂ = −3 alike, while InfoNCA keeps whatever level it started from
+#   (C = −2.625 and −5.625).
+# - **Gradients:** at the reference InfoNCA's coefficients are [−0.359, 0.026, 0.114, 0.22] (sum 0)
+#   and NCA's exactly half; after every r̂ falls by 3, InfoNCA's still sum to 0, NCA's sum to −0.905
+#   and push the prompt back up.
+# - **Anchors** at π_θ = μ: DPO = ln 2 = 0.6931, pairwise NCA = NCA = 2 ln 2 = 1.3863, InfoNCA = ln K,
+#   Plackett–Luce = ln K!, and ∂L_DPO/∂s_w = −0.05 = −β/2 at β = 0.1.
 #
-# Next: notebook 1 shows these pushes on a bandit, where shared parameters let the likelihood of
-# even the best response fall under DPO and InfoNCA; notebook 3 turns the knobs α, β and K.
+# **Next:** [03_the_knobs.ipynb](03_the_knobs.ipynb): the knobs α, β and K turned on notebook 1's
+# bandit, the target policy they define, and when NCA and InfoNCA agree.
+#
+# ## References
+#
+# - Chen, H., He, G., Yuan, L., Cui, G., Su, H., Zhu, J. (2024). *Noise Contrastive Alignment of Language Models with Explicit Rewards.* NeurIPS 2024. [arXiv:2402.05369](https://arxiv.org/abs/2402.05369) (sections cited from [v3](https://arxiv.org/html/2402.05369v3)). Code: [github.com/thu-ml/Noise-Contrastive-Alignment](https://github.com/thu-ml/Noise-Contrastive-Alignment).
+# - Rafailov, R., Sharma, A., Mitchell, E., Ermon, S., Manning, C. D., Finn, C. (2023). *Direct Preference Optimization: Your Language Model is Secretly a Reward Model.* NeurIPS 2023. [arXiv:2305.18290](https://arxiv.org/abs/2305.18290).
+# - Razin, N., Malladi, S., Bhaskar, A., Chen, D., Arora, S., Hanin, B. (2024). *Unintentional Unalignment: Likelihood Displacement in Direct Preference Optimization.* [arXiv:2410.08847](https://arxiv.org/abs/2410.08847).
+# - Ren, Y., Sutherland, D. J. (2024). *Learning Dynamics of LLM Finetuning.* [arXiv:2407.10490](https://arxiv.org/abs/2407.10490).
+# - Gutmann, M., Hyvärinen, A. (2010). *Noise-contrastive estimation: A new estimation principle for unnormalized statistical models.* AISTATS 2010, PMLR 9:297–304. [proceedings.mlr.press/v9/gutmann10a](https://proceedings.mlr.press/v9/gutmann10a.html).
+# - van den Oord, A., Li, Y., Vinyals, O. (2018). *Representation Learning with Contrastive Predictive Coding* (the InfoNCE loss). [arXiv:1807.03748](https://arxiv.org/abs/1807.03748).
+# - Mitchell, E. (2023). *A note on DPO with noisy preferences & relationship to IPO* (conservative, label-smoothed DPO). [ericmitchell.ai/cdpo.pdf](https://ericmitchell.ai/cdpo.pdf).
+# - von Werra, L., Belkada, Y., Tunstall, L., et al. *TRL: Transformer Reinforcement Learning* (software; its DPOTrainer has `loss_type="nca_pair"`). [github.com/huggingface/trl](https://github.com/huggingface/trl).
+# - OpenAI (2023). *GPT-4 Technical Report* (the scorer of UltraFeedback). [arXiv:2303.08774](https://arxiv.org/abs/2303.08774).

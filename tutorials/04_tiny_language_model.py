@@ -29,6 +29,29 @@
 # training. Does the chosen answer's likelihood fall under DPO and InfoNCA, and stay put under NCA,
 # as Chen et al. (2024) report for Mistral-7B?
 #
+# **Objectives.** After this notebook you can
+# - build the whole offline pipeline of a reward-based alignment run: tokenizer, model, supervised
+#   warm-up (the reference μ), K sampled answers per prompt, a reward, training tensors;
+# - make DPO's pairs and NCA's K-tuples from the same samples, and train four copies of μ with the
+#   same `ncakit.losses` call;
+# - draw the paper's Figure 2 (implicit rewards of chosen and rejected answers during training) and
+#   read off which losses lower the chosen likelihood;
+# - say what a tiny model does not show: a ranking that generalises to new prompts.
+#
+# **Prerequisites.** Notebooks [1](01_decreasing_likelihood.ipynb) (the effect and the losses),
+# [2](02_from_preferences_to_rewards.ipynb) (soft labels, optima) and
+# [3](03_the_knobs.ipynb) (α, β, K). Python and PyTorch `nn.Module` training loops; what a tokenizer
+# and a causal language model are (log π(y|x) as a sum of token log-probs).
+#
+# **Paper.** Chen et al., [arXiv:2402.05369](https://arxiv.org/abs/2402.05369) (v3,
+# [HTML](https://arxiv.org/html/2402.05369v3)): the setting of §5 (Experiments: K = 4 scored answers
+# per prompt) in miniature, the losses of §2–§4, and the paper's **Figure 2**, the trend of the data
+# likelihood during fine-tuning (the number and that caption are those of arXiv v1 and of the
+# authors' README).
+#
+# **Time to run.** About 27 seconds on the project's 2-core CI machine (measured by
+# `tutorials/build.py`); a slower laptop can take a few times longer.
+#
 # **Notation** ([MATH.md](../ncakit/MATH.md)). A prompt x has K responses y₁…y_K with rewards
 # r₁…r_K; log π(y|x) is the **sum** of the response tokens' log-probs (prompt and padding masked);
 # sᵢ = log π_θ(yᵢ|x) − log μ(yᵢ|x) and r̂ᵢ = β·sᵢ; soft labels w = softmax(r/α).
@@ -86,6 +109,9 @@ TRACK, EVAL_EVERY = 64, 5  # Figure 2 follows 64 fixed training prompts, every 5
 # %% [markdown]
 # ## 1. The tasks and the reward
 #
+# *Paper: no counterpart; the paper's rewards are GPT-4 scores of UltraFeedback answers (§5). The
+# tasks and the graded reward are this notebook's stand-in.*
+#
 # The corpus is a handful of string tasks over the letters a–h: `reverse`, `sort`, `copy` and
 # `upper`. The reward is **graded**, not just right/wrong: r = 1 − edit distance(answer, target) /
 # max(len(answer), len(target)), in [0, 1]. A near miss earns partial credit, so K answers sampled
@@ -108,6 +134,9 @@ for answer, why in [
 
 # %% [markdown]
 # ## 2. A tokenizer and a tiny Llama, built from scratch
+#
+# *Paper: no counterpart (the paper fine-tunes Mistral-7B, §5); the architecture is Llama's
+# (Touvron et al. 2023).*
 #
 # Nothing is downloaded. `train_tokenizer` trains a byte-level BPE tokenizer (384 tokens) on the
 # corpus and gives it a chat template, so prompts go through exactly the code path a real chat
@@ -139,6 +168,8 @@ print(
 # %% [markdown]
 # ## 3. Supervised warm-up: the reference policy μ
 #
+# *Paper: the SFT model that plays μ in §2–§4 (in the paper's experiments, an SFT Mistral-7B, §5).*
+#
 # A preference run starts from an SFT model, never from random weights. `sft_warmup` trains on the
 # *correct* answers of 2048 prompts for 300 steps (cross-entropy on the response tokens only).
 # That is not enough to solve the tasks, and that is what we want: the warmed-up model writes
@@ -160,6 +191,9 @@ print(
 
 # %% [markdown]
 # ## 4. Sample K = 4 answers per prompt, and score them
+#
+# *Paper: the reward data of §3 (K responses per prompt, each with a scalar reward), as in the
+# UltraFeedback data of §5 (Cui et al. 2023).*
 #
 # This is the data a reward-based method learns from: for each prompt, K answers **sampled from
 # μ** (temperature 1) and a scalar reward for each. `generate_k_dataset` samples with
@@ -219,6 +253,9 @@ print("rows sorted best first:", bool((np.diff(by_rank, axis=1) <= 0).all()))
 # %% [markdown]
 # ## 5. From samples to training tensors
 #
+# *Paper: §5 uses both kinds of data: K = 4 rewards and binarized pairs (Tunstall et al. 2023 built
+# UltraFeedback-binarized).*
+#
 # - **K = 4 data** for InfoNCA and NCA: the rows as they are.
 # - **Pairs** for DPO and pairwise NCA: `to_pairwise(..., "best_vs_random")` keeps the best answer
 #   and one answer drawn from those with a strictly *lower* reward, chosen first (how
@@ -273,6 +310,8 @@ print(
 
 # %% [markdown]
 # ## 6. Align: one short loop, four losses
+#
+# *Paper: DPO (§2), InfoNCA (§3), NCA and pairwise NCA (§4).*
 #
 # The whole training step is the one call every track of ncakit makes (the toy bandits and the scale loop too):
 #
@@ -356,6 +395,10 @@ for name, _, _ in RUNS:
 # %% [markdown]
 # ## 7. Figure 2 on real token sequences
 #
+# *Paper: Figure 2 (the likelihood trends during fine-tuning; numbered so in arXiv v1 and the
+# authors' README) and §4, whose title names the effect: "Fixing Decreased Response Likelihood
+# Issue for InfoNCA".*
+#
 # Left: the two pairwise losses on the same pairs, chosen (solid) and rejected (dashed). Right:
 # the two K-way losses on the same K = 4 data, one line per reward rank (dark = best). The dotted
 # line r̂ = 0 is the reference: above it an answer is *more* likely than under μ, below it less.
@@ -405,8 +448,9 @@ plt.show()
 # %% [markdown]
 # The same picture as the paper's Figure 2, in kind. Under **DPO** and **InfoNCA** every answer's
 # likelihood falls, the **chosen (best) one included**; they separate chosen from rejected only by
-# pushing the rejected ones down *faster*. Under **NCA** (both forms) the chosen answer stays close
-# to the reference line while the worse ones go down, in reward order. The end points next to the
+# pushing the rejected ones down *faster*. Under **NCA** (K = 4) the chosen answer stays on the
+# reference line (r̂ −0.01 at the end) while the worse ones go down, in reward order; **pairwise
+# NCA** lowers it a little (r̂ −0.14), far less than DPO (−0.91) and InfoNCA (−0.72). The end points next to the
 # paper's (Mistral-7B on UltraFeedback, MATH.md "Published end points"):
 
 # %%
@@ -480,6 +524,8 @@ print(
 # %% [markdown]
 # ## 8. New prompts, and what the policies now write
 #
+# *Paper: no counterpart (the paper evaluates its 7B models on benchmarks, §5).*
+#
 # Two questions the implicit rewards above cannot answer. Do the aligned models rank answers to
 # **held-out** prompts (answers sampled from μ for 64 prompts never trained on)? And do their
 # **own samples** earn more reward than μ's? We sample K = 4 fresh answers per held-out prompt from
@@ -523,7 +569,7 @@ plt.show()
 
 # %% [markdown]
 # Read this honestly. On new prompts the likelihoods fall again, far more under DPO and InfoNCA
-# (r̂ ≈ −1) than under NCA (r̂ ≈ −0.3 to −0.4), but the *ranking* barely generalises: about half of
+# (r̂ −1.05 and −1.06) than under NCA (−0.29) and pairwise NCA (−0.43), but the *ranking* barely generalises: about half of
 # the held-out pairs are ranked right, no better than chance, for every loss. A 172k-parameter
 # model that has seen 256 prompts for 60 steps has learned which of *those* answers to prefer, not
 # a rule for new ones. So no loss improves the reward of the model's own samples here (NCA's bar
@@ -563,16 +609,38 @@ plt.show()
 # </details>
 
 # %% [markdown]
-# ## What to remember
+# ## Recap
 #
-# - The pipeline of a reward-based alignment run is five library calls: **sample** K answers from μ
-#   (`generate_k_dataset`), **score** them (a reward function or model), **tokenise and collate**
-#   (`tokenize_k_dataset`, `KResponseCollator`), **precompute log μ** (`precompute_reference_logps`),
-#   and the **loss** on `batch_logps(policy, batch)`.
-# - Pairs are K = 2 data with the chosen answer first; `to_pairwise` makes DPO's data from the same
-#   samples, so DPO and NCA can be compared on identical prompts.
-# - On real token sequences, with shared weights, DPO and InfoNCA lower the likelihood of the
-#   chosen answers too; NCA holds it near the reference. It shows up in a 172k-parameter model after
-#   60 steps, in kind as in Mistral-7B.
+# - The pipeline of a reward-based run is five library calls: **sample** K answers from μ
+#   (`generate_k_dataset`), **score** them, **tokenise and collate** (`tokenize_k_dataset`,
+#   `KResponseCollator`), **precompute log μ** (`precompute_reference_logps`), and the **loss** on
+#   `batch_logps(policy, batch)`. Here: 256 training prompts with 4 answers each; `to_pairwise`
+#   kept 245 pairs (11 prompts with tied answers dropped).
+# - At step 0 every loss sits on its anchor (DPO 0.693 = ln 2, r̂ = 0), and after 60 steps the
+#   chosen answers' implicit reward is −0.91 under DPO and −0.72 under InfoNCA: their
+#   log-likelihood fell by 9.1 and 7.2 nats.
+# - **NCA** (K = 4) keeps the chosen likelihood near the reference: r̂ −0.01, a change of −0.1 nats.
+#   **Pairwise NCA** lowers it by 1.4 nats (r̂ −0.14): far less than DPO, but not zero. The paper's
+#   Mistral-7B end points, printed next to them: −0.89 (DPO), +0.05 (pairwise NCA), −0.90 (InfoNCA),
+#   −0.00 (NCA).
+# - On 64 held-out prompts the chosen r̂ is −1.05 (DPO), −1.06 (InfoNCA), −0.43 (pairwise NCA) and
+#   −0.29 (NCA); only about half of the held-out pairs are ranked right (0.47–0.58); the mean
+#   reward of the policies' own samples is 0.221 (NCA) and 0.205 (pairwise NCA) against μ's 0.211,
+#   and lower for InfoNCA (0.163) and DPO (0.126): no loss improves on μ here.
 #
-# Next: notebook 5 runs the same loss through `scale/train.py`, the script that trains 7B models.
+# **Next:** [05_graduating_to_scale.ipynb](05_graduating_to_scale.ipynb): the same loss call in
+# `scale/train.py`, the script that trains 7B models, run from the notebook on CPU.
+#
+# ## References
+#
+# - Chen, H., He, G., Yuan, L., Cui, G., Su, H., Zhu, J. (2024). *Noise Contrastive Alignment of Language Models with Explicit Rewards.* NeurIPS 2024. [arXiv:2402.05369](https://arxiv.org/abs/2402.05369) (sections cited from [v3](https://arxiv.org/html/2402.05369v3)). Code: [github.com/thu-ml/Noise-Contrastive-Alignment](https://github.com/thu-ml/Noise-Contrastive-Alignment).
+# - Rafailov, R., Sharma, A., Mitchell, E., Ermon, S., Manning, C. D., Finn, C. (2023). *Direct Preference Optimization: Your Language Model is Secretly a Reward Model.* NeurIPS 2023. [arXiv:2305.18290](https://arxiv.org/abs/2305.18290).
+# - Razin, N., Malladi, S., Bhaskar, A., Chen, D., Arora, S., Hanin, B. (2024). *Unintentional Unalignment: Likelihood Displacement in Direct Preference Optimization.* [arXiv:2410.08847](https://arxiv.org/abs/2410.08847).
+# - Ren, Y., Sutherland, D. J. (2024). *Learning Dynamics of LLM Finetuning.* [arXiv:2407.10490](https://arxiv.org/abs/2407.10490).
+# - Gutmann, M., Hyvärinen, A. (2010). *Noise-contrastive estimation: A new estimation principle for unnormalized statistical models.* AISTATS 2010, PMLR 9:297–304. [proceedings.mlr.press/v9/gutmann10a](https://proceedings.mlr.press/v9/gutmann10a.html).
+# - van den Oord, A., Li, Y., Vinyals, O. (2018). *Representation Learning with Contrastive Predictive Coding* (the InfoNCE loss). [arXiv:1807.03748](https://arxiv.org/abs/1807.03748).
+# - Cui, G., Yuan, L., Ding, N., et al. (2023). *UltraFeedback: Boosting Language Models with High-quality Feedback* (the UltraFeedback dataset). [arXiv:2310.01377](https://arxiv.org/abs/2310.01377).
+# - Tunstall, L., Beeching, E., Lambert, N., et al. (2023). *Zephyr: Direct Distillation of LM Alignment* (binarized UltraFeedback, the Mistral-7B SFT model). [arXiv:2310.16944](https://arxiv.org/abs/2310.16944).
+# - Jiang, A. Q., Sablayrolles, A., Mensch, A., et al. (2023). *Mistral 7B.* [arXiv:2310.06825](https://arxiv.org/abs/2310.06825).
+# - Touvron, H., Lavril, T., Izacard, G., et al. (2023). *LLaMA: Open and Efficient Foundation Language Models* (the Llama architecture). [arXiv:2302.13971](https://arxiv.org/abs/2302.13971).
+# - von Werra, L., Belkada, Y., Tunstall, L., et al. *TRL: Transformer Reinforcement Learning* (software; its DPOTrainer has `loss_type="nca_pair"`). [github.com/huggingface/trl](https://github.com/huggingface/trl).

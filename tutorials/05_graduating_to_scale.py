@@ -24,7 +24,29 @@
 # Figure 2 again. Then we read the **Mistral-7B recipes**: what every key means, and which of them
 # are the authors' settings; and the **launch matrix**: the memory arithmetic that decides whether
 # a run needs 1 GPU with QLoRA or N GPUs with FSDP2, and the two lines that change between them.
-# About 30 seconds, most of it the training run.
+#
+# **Objectives.** After this notebook you can
+# - launch `scale/train.py` with a recipe and an accelerate config, and override any key with
+#   `--key value`;
+# - read a run's `run.json` and `metrics.jsonl` (TRL metric names) and plot its Figure 2 with
+#   `ncakit.scale.runlog`;
+# - check a Mistral-7B recipe key by key against the authors' released setup;
+# - estimate the memory of full fine-tuning and of QLoRA, and pick a launch configuration that keeps
+#   the global batch.
+#
+# **Prerequisites.** [Notebook 4](04_tiny_language_model.ipynb) (the training loop and the data
+# pipeline that `scale/train.py` wraps; notebooks 1–3 for the losses). A terminal and YAML files;
+# what a GPU, mixed precision and gradient accumulation are (no GPU is needed to run this notebook).
+#
+# **Paper.** Chen et al., [arXiv:2402.05369](https://arxiv.org/abs/2402.05369) (v3,
+# [HTML](https://arxiv.org/html/2402.05369v3)): §5 (Experiments; its abstract names Mistral-7B and
+# Mistral-8×7B) and **Figure 2** (the likelihood trends during fine-tuning; numbered so in arXiv v1
+# and the authors' README). The recipe values are those of the authors' released code
+# ([thu-ml/Noise-Contrastive-Alignment](https://github.com/thu-ml/Noise-Contrastive-Alignment), as
+# summarised in MATH.md).
+#
+# **Time to run.** About 29 seconds on the project's 2-core CI machine (measured by
+# `tutorials/build.py`), most of it the training run; a slower laptop can take a few times longer.
 #
 # The one sentence to keep from notebook 4 is still true here: the training step is
 # `get_loss(cfg.loss)(batch_logps(model, batch), ref_logps, rewards, beta=cfg.beta, mask=mask, ...)`,
@@ -64,6 +86,8 @@ shutil.rmtree(OUT, ignore_errors=True)  # a fresh run every time: same work, sam
 # %% [markdown]
 # ## 1. Where and what: a launcher config and a recipe
 #
+# *Paper: no counterpart (software). The split is the alignment-handbook's (Tunstall et al.).*
+#
 # A run is described by two files, kept apart as in Hugging Face's alignment-handbook:
 #
 # - an **accelerate config** (`scale/accelerate/*.yaml`) says **where** it runs: CPU or GPU, how
@@ -95,6 +119,9 @@ for argv in (["--lerning_rate", "1e-3"], ["--reference", "cached"]):
 
 # %% [markdown]
 # ## 2. Run `scale/train.py` from the notebook
+#
+# *Paper: the NCA training of §5 with K = 4 rewards, in miniature (a tiny model instead of
+# Mistral-7B).*
 #
 # The same command you would type in a terminal (or `make scale-demo`). We run it as a
 # subprocess, exactly as on a GPU machine, and write its outputs under `out/tutorial-05/`: it
@@ -141,6 +168,8 @@ nca_dir = launch("--config", "scale/recipes/tiny-cpu.yaml", name="nca")
 
 # %% [markdown]
 # ## 3. What a run leaves behind
+#
+# *Paper: no counterpart; the metric names are TRL's.*
 #
 # ```
 # out/tutorial-05/nca/
@@ -201,6 +230,9 @@ print("the held-out margin ends positive:", last["eval_rewards/margins"] > 0)
 # %% [markdown]
 # ## 4. The dynamics: Figure 2 from the logs
 #
+# *Paper: Figure 2 (numbered so in arXiv v1 and the authors' README), and §4 for why NCA holds the
+# chosen likelihood.*
+#
 # `plot_run_dynamics` (also `python scale/plot_dynamics.py RUN_DIR ...`) draws one or several runs:
 # the implicit reward of every reward rank (or chosen / rejected for pairs) over optimizer steps,
 # bold for the held-out prompts and thin for the training windows, and the margin. The same
@@ -215,17 +247,22 @@ fig.axes[0].legend(
 plt.show()
 
 # %% [markdown]
-# On the 64 held-out prompts NCA keeps the best answers near the reference (r̂ ≈ −0.16 at the end)
-# and spreads the four ranks in reward order; the margin grows steadily. The recipe's **pairwise
+# On the 64 held-out prompts NCA keeps the best answers near the reference, though not above it:
+# r̂ = −0.160 at the end (a log-likelihood 1.6 nats below μ's at β = 0.1; it dipped to −0.247 at
+# step 64), and it spreads the four ranks in reward order; the margin grows steadily. The recipe's **pairwise
 # twin** is the same command with three keys overridden: `--loss dpo`, `--loss_kwargs {}` (DPO has
 # no α) and `--pairwise_from_k best_vs_random` (the best answer vs a random worse one, as in
 # notebook 4). Run side by side (`scale/README.md`; try it below, it takes about 10 s more), the
 # two give the picture of notebook 4 from the real script: DPO drags the best answers' held-out
-# likelihood far below the reference (r̂ ≈ −1.2).
+# likelihood far below the reference (r̂ ≈ −1.2, measured in "Try this" (1) below).
 #
 # ![NCA (K = 4) vs its DPO twin on the tiny-cpu recipe](../scale/figures/tiny-cpu-nca-vs-dpo.png)
 #
 # ## 5. The 7B recipes, key by key
+#
+# *Paper: §5 (Experiments). The values are the authors' released code's (MATH.md), not read from
+# the paper's text; the base model is Zephyr's SFT Mistral-7B (Tunstall et al. 2023), the data
+# UltraFeedback (Cui et al. 2023).*
 #
 # The four `mistral-7b-*-qlora` recipes are the authors' released setup (MATH.md, "Facts about the
 # authors' released setup"). The NCA one, in full:
@@ -293,6 +330,9 @@ print(
 
 # %% [markdown]
 # ## 6. The launch matrix: memory arithmetic
+#
+# *Paper: no counterpart. LoRA is Hu et al. (2021), QLoRA Dettmers et al. (2023), sharding ZeRO
+# (Rajbhandari et al. 2020) and FSDP (Zhao et al. 2023).*
 #
 # Will it fit? Count bytes. Mistral-7B has 32 layers, hidden size 4096, MLP size 14336, a
 # 32000-token vocabulary and grouped-query attention (8 key/value heads of 128). A training
@@ -409,6 +449,8 @@ plt.show()
 # %% [markdown]
 # ## 7. From 1 GPU with QLoRA to N GPUs with FSDP2
 #
+# *Paper: no counterpart (the authors' README: 8 GPUs, global batch 32).*
+#
 # Moving between rows of the launch matrix changes the **launcher config**, and keeps the
 # **global batch** (prompts per optimizer step) by trading gradient accumulation for processes:
 #
@@ -517,14 +559,40 @@ print("16 GPUs, FSDP2 full GA 2:", global_batch(full, 16, accumulation=2))
 # </details>
 
 # %% [markdown]
-# ## What to remember
+# ## Recap
 #
-# - `scale/train.py` = one accelerate loop around the same `ncakit.losses` call as every notebook.
-#   **Where** it runs is the accelerate config; **what** it trains is the recipe; any key can be
-#   overridden with `--key value`, and bad keys fail before the model loads.
-# - Every run leaves `run.json`, `metrics.jsonl` (TRL metric names, `rewards/rank_k` for K > 2) and
-#   `summary.json`; `ncakit.scale.runlog` / `scale/plot_dynamics.py` draw Figure 2 from them.
-# - The 7B QLoRA recipes are the authors' setup key by key; going from 1 GPU to N is a different
-#   launcher config and a smaller gradient accumulation, with the global batch kept.
-# - Memory is arithmetic: 16 bytes per parameter for full fine-tuning (116 GB for 7B: shard it),
-#   about 0.5 byte per parameter for QLoRA's frozen weights (a 24 GB GPU).
+# - `scale/train.py` is one accelerate loop around the same `ncakit.losses` call as every notebook:
+#   the tiny-cpu recipe ran 256 optimizer steps (2048 prompts / 8 per step), `--beta 0.05`
+#   overrode a key, and misspelt or ill-typed keys failed before any model loaded.
+# - Its logs (`run.json`, `metrics.jsonl` with TRL names and `rewards/rank_k`) give Figure 2: the
+#   held-out eval loss starts at 1.386 = 2 ln 2 and ends at 1.3685; the four held-out ranks end in
+#   reward order (r̂ −0.160 / −0.272 / −0.367 / −0.479, accuracy 0.61). NCA keeps the best answers
+#   near the reference, 1.6 nats below it at β = 0.1, not above it.
+# - The four Mistral-7B QLoRA recipes carry the authors' setup key by key (β = 0.01, lr 5e-6,
+#   LoRA r = 16, max length 1024, ...: all True in section 5's check).
+# - Memory is arithmetic: 7.24 B parameters, 115.87 GB of full fine-tuning states (14.48 GB per GPU
+#   sharded over 8), against 3.49 GB of NF4 weights + 1.05 GB of fp32 embeddings + 0.67 GB of LoRA
+#   states for QLoRA; the global batch is 32 on 1 GPU (2 × GA 16) and on 8 GPUs (GA 2), 128 for the
+#   FSDP2 full fine-tuning recipe.
+#
+# **Next:** [06_annotated_losses.ipynb](06_annotated_losses.ipynb): the losses' source, line by line.
+#
+# ## References
+#
+# - Chen, H., He, G., Yuan, L., Cui, G., Su, H., Zhu, J. (2024). *Noise Contrastive Alignment of Language Models with Explicit Rewards.* NeurIPS 2024. [arXiv:2402.05369](https://arxiv.org/abs/2402.05369) (sections cited from [v3](https://arxiv.org/html/2402.05369v3)). Code: [github.com/thu-ml/Noise-Contrastive-Alignment](https://github.com/thu-ml/Noise-Contrastive-Alignment).
+# - Rafailov, R., Sharma, A., Mitchell, E., Ermon, S., Manning, C. D., Finn, C. (2023). *Direct Preference Optimization: Your Language Model is Secretly a Reward Model.* NeurIPS 2023. [arXiv:2305.18290](https://arxiv.org/abs/2305.18290).
+# - Razin, N., Malladi, S., Bhaskar, A., Chen, D., Arora, S., Hanin, B. (2024). *Unintentional Unalignment: Likelihood Displacement in Direct Preference Optimization.* [arXiv:2410.08847](https://arxiv.org/abs/2410.08847).
+# - Ren, Y., Sutherland, D. J. (2024). *Learning Dynamics of LLM Finetuning.* [arXiv:2407.10490](https://arxiv.org/abs/2407.10490).
+# - Gutmann, M., Hyvärinen, A. (2010). *Noise-contrastive estimation: A new estimation principle for unnormalized statistical models.* AISTATS 2010, PMLR 9:297–304. [proceedings.mlr.press/v9/gutmann10a](https://proceedings.mlr.press/v9/gutmann10a.html).
+# - van den Oord, A., Li, Y., Vinyals, O. (2018). *Representation Learning with Contrastive Predictive Coding* (the InfoNCE loss). [arXiv:1807.03748](https://arxiv.org/abs/1807.03748).
+# - Cui, G., Yuan, L., Ding, N., et al. (2023). *UltraFeedback: Boosting Language Models with High-quality Feedback* (the UltraFeedback dataset). [arXiv:2310.01377](https://arxiv.org/abs/2310.01377).
+# - Tunstall, L., Beeching, E., Lambert, N., et al. (2023). *Zephyr: Direct Distillation of LM Alignment* (binarized UltraFeedback, the Mistral-7B SFT model). [arXiv:2310.16944](https://arxiv.org/abs/2310.16944).
+# - Jiang, A. Q., Sablayrolles, A., Mensch, A., et al. (2023). *Mistral 7B.* [arXiv:2310.06825](https://arxiv.org/abs/2310.06825).
+# - Hu, E. J., Shen, Y., Wallis, P., et al. (2021). *LoRA: Low-Rank Adaptation of Large Language Models.* [arXiv:2106.09685](https://arxiv.org/abs/2106.09685).
+# - Dettmers, T., Pagnoni, A., Holtzman, A., Zettlemoyer, L. (2023). *QLoRA: Efficient Finetuning of Quantized LLMs.* [arXiv:2305.14314](https://arxiv.org/abs/2305.14314).
+# - Rajbhandari, S., Rasley, J., Ruwase, O., He, Y. (2020). *ZeRO: Memory Optimizations Toward Training Trillion Parameter Models* (DeepSpeed ZeRO). [arXiv:1910.02054](https://arxiv.org/abs/1910.02054).
+# - Zhao, Y., Gu, A., Varma, R., et al. (2023). *PyTorch FSDP: Experiences on Scaling Fully Sharded Data Parallel.* [arXiv:2304.11277](https://arxiv.org/abs/2304.11277).
+# - von Werra, L., Belkada, Y., Tunstall, L., et al. *TRL: Transformer Reinforcement Learning* (software; its DPOTrainer has `loss_type="nca_pair"`). [github.com/huggingface/trl](https://github.com/huggingface/trl).
+# - Tunstall, L., Beeching, E., Lambert, N., et al. *The Alignment Handbook* (software; recipes kept apart from launcher configs; the authors' code builds on it). [github.com/huggingface/alignment-handbook](https://github.com/huggingface/alignment-handbook).
+# - Software used by `scale/train.py`: Hugging Face's [accelerate](https://github.com/huggingface/accelerate), [peft](https://github.com/huggingface/peft), [transformers](https://github.com/huggingface/transformers); [bitsandbytes](https://github.com/bitsandbytes-foundation/bitsandbytes) (4-bit weights); [DeepSpeed](https://github.com/deepspeedai/DeepSpeed).
+# - OpenAI (2023). *GPT-4 Technical Report* (the scorer of UltraFeedback). [arXiv:2303.08774](https://arxiv.org/abs/2303.08774).

@@ -14,13 +14,17 @@ registered losses (:mod:`ncakit.registry`) unchanged on ``[B, K]`` log-probs.
                                 (the vectorised trainer), ``METRICS``/``END_METRICS``
 :mod:`ncakit.toy.presets`       the experiments of ``toy/demo.py`` (``PRESETS``, ``run_preset``)
                                 and the tutorials' ``quick_run``
-:mod:`ncakit.toy.report`        the claims checked seed by seed, ``summary.json``, the tables
+:mod:`ncakit.toy.report`        each preset's claims, checked seed by seed where they apply,
+                                ``summary.json``, the tables
 :mod:`ncakit.toy.figures`       the preset figures and the pieces they are drawn from (matplotlib)
+:mod:`ncakit.toy.plotkit`       the figures' shared pieces: reference line, symlog axis, labels
+:mod:`ncakit.toy.projector`     ``plot_hero``: one large-type 16:9 figure for a lecture hall
 :mod:`ncakit.toy.classroom`     the tutorials' views: one prompt's data, live runs and sliders,
                                 the frontier, π_θ(·|x) as a still or a GIF (matplotlib)
+:mod:`ncakit.toy.exercises`     the course's graded exercises about data and runs, ``check_all``
 ==============================  ==============================================================
 
-Only ``figures`` and ``classroom`` import matplotlib, so ``import ncakit.toy.trainer`` stays light;
+Only ``figures``, ``plotkit``, ``projector`` and ``classroom`` import matplotlib, so ``import ncakit.toy.trainer`` stays light;
 this package imports none of its modules::
 
     from ncakit.toy.presets import run_preset
