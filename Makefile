@@ -21,12 +21,13 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS = 1
 export MPLBACKEND = Agg
 export PYTHONHASHSEED = 0
 
-.PHONY: demo test test-fast lint format scrub notebooks bench gpu-check scale-demo constraints clean help
+.PHONY: demo test test-fast test-browser lint format scrub notebooks bench gpu-check scale-demo constraints clean help
 
 help:
 	@echo "make demo        classroom demo (toy bandits: DPO/InfoNCA vs NCA) -> $(OUT)/"
 	@echo "make test        the whole test suite, notebooks included (what CI runs)"
 	@echo "make test-fast   tests/ without the slow and notebook tests"
+	@echo "make test-browser the live sliders in JupyterLab in a headless Chromium (installs chromium as root)"
 	@echo "make scale-demo  the tiny-cpu recipe of scale/train.py + its dynamics plot"
 	@echo "make notebooks   open Jupyter on tutorials/"
 	@echo "make bench       benchmarks/ -> benchmarks/results/*.json and benchmarks/README.md"
@@ -57,11 +58,24 @@ demo: $(VENV)/.stamp-toy
 
 # Two pytest workers on 2 cores, one thread each; --dist loadfile keeps a notebook's cells on one worker.
 test: $(VENV)/.stamp-all $(VENV)/.stamp-deepspeed
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile tests $(NOTEBOOKS) --nbval-lax --nbval-current-env \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile tests --ignore=tests/browser $(NOTEBOOKS) --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tutorials/sanitize.cfg $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.stamp-all
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile tests -m "not slow and not notebook" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile tests --ignore=tests/browser -m "not slow and not notebook" $(PYTEST_ARGS)
+
+# JupyterLab on 127.0.0.1, notebook 1 run, a slider moved, the live figure must change with no page error
+# (tests/browser). Chromium is Debian's package (browser downloads are not possible here), driven by
+# the playwright package with executable_path; as root, the target installs chromium if it is missing.
+test-browser: $(VENV)/.stamp-browser
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q tests/browser $(PYTEST_ARGS)
+
+$(VENV)/.stamp-browser: $(VENV)/.stamp-all
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "test-browser: needs Debian's chromium: apt-get install chromium (as root)" >&2; exit 1; }
+	$(PIP) install -q $(PIN) -e ".[browser]"
+	touch $@
 
 lint: $(VENV)/.stamp-all
 	$(VENV)/bin/ruff check ncakit toy scale tests benchmarks tutorials/*.py
@@ -95,7 +109,7 @@ gpu-check: $(VENV)/.stamp-all
 
 # Re-resolve the pins (keeps torch on the CPU wheel).
 constraints: | $(PY)
-	$(PIP) install -q "torch==2.13.0" && $(PIP) install -q -e ".[all]" && DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation deepspeed
+	$(PIP) install -q "torch==2.13.0" && $(PIP) install -q -e ".[all,browser]" && DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation deepspeed
 	$(PIP) freeze --exclude-editable | grep -v "^ncakit" | sed "s/+cpu//" > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
