@@ -132,6 +132,15 @@ class TrainConfig:
         "split at the common prefix (TRL's fallback; the rows are counted), or stop with the fix",
     )
     dataset_num_proc: int | None = _f(None, "processes for datasets.map")
+    rendering: Literal["trl", "authors"] = _f(
+        "trl",
+        "how sequences are built: trl = TRL 1.16's rendering (prompt = the chat template with the "
+        "generation prompt, response = the rest of the ids, plain text + one EOS, every token attended; "
+        "the authors' truncation); authors = the NCA authors' code exactly (an empty system turn before "
+        "the first user message, each response = its template text such as '{a}</s>\\n' plus a second "
+        "EOS, all scored; EOS tokens inside the text hidden from attention; needs a chat template); "
+        "see ncakit.scale.data.authors",
+    )
     # ---- loss ---------------------------------------------------------------------------------------
     loss: str = _f("nca", "a name in ncakit.losses.LOSSES (nca, infonca, dpo, nca_pair, ipo, ...)")
     beta: float = _f(0.1, "β: implicit reward scale / KL strength (the authors: 0.01)")
@@ -304,6 +313,11 @@ class TrainConfig:
             raise ValueError(
                 f"max_prompt_length: expected < max_length ({self.max_length}) so responses keep some tokens, "
                 f"got {self.max_prompt_length}"
+            )
+        if self.rendering == "authors" and self.apply_chat_template is False:
+            raise ValueError(
+                "rendering: 'authors' renders every row with the chat template (as the authors' code does), "
+                "so apply_chat_template: false cannot apply; use apply_chat_template: auto or true"
             )
         if self.k is not None and self.k < 2:
             raise ValueError(f"k: expected >= 2 responses per prompt (or null), got {self.k}")

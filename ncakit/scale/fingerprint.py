@@ -17,7 +17,8 @@ Keys, flat (``name: JSON value``):
   ``global_batch_prompts``
 - data: ``dataset``, ``dataset_split``, ``dataset_schema``, ``max_train_samples``, ``train_rows``
   (rows in / kept, K counts), ``max_length``, ``max_prompt_length``, ``k``, ``pairwise_from_k``,
-  ``pair_rewards``, ``group_by_length``
+  ``pair_rewards``, ``group_by_length``, ``rendering`` (only when not ``trl``, so checkpoints
+  written before the key existed resume unchanged)
 - model: ``model``, ``model_revision``, ``torch_dtype``, ``peft`` (LoRA settings or null),
   ``trainable_params``
 - ``seed``
@@ -74,7 +75,9 @@ _CONFIG_KEYS = (
     "torch_dtype",
     "seed",
 )
-_DERIVED_KEYS = ("warmup_steps", "max_steps", "dataset", "train_rows", "model", "peft", "trainable_params")
+_DERIVED_KEYS = (
+    "warmup_steps", "max_steps", "dataset", "train_rows", "model", "peft", "trainable_params", "rendering",
+)  # fmt: skip
 FINGERPRINT_KEYS = (*_CONFIG_KEYS, *_DERIVED_KEYS, *GEOMETRY_KEYS)
 
 
@@ -123,6 +126,8 @@ def run_fingerprint(
         * cfg.gradient_accumulation_steps
         * num_processes,
     }
+    if cfg.rendering != "trl":  # recorded only when not the default: older checkpoints still resume
+        fp["rendering"] = cfg.rendering
     return fp
 
 

@@ -4,7 +4,8 @@ An entry is keyed (:func:`reference_cache_key`) by components that do NOT depend
 that computes it is launched -- not the number of processes, not the batch size, not how the
 weights are sharded:
 
-- ``data``: :func:`data_fingerprint` of the WHOLE dataset's token ids, in order;
+- ``data``: :func:`data_fingerprint` of the WHOLE dataset's token ids, in order (and their stored
+  attention, ``rendering: authors``);
 - ``model``: an identity that survives sharding -- :func:`model_files_fingerprint` (the bytes of a
   local folder's ``config.json`` and weight files), :func:`hub_model_identity` (``name@<commit>``,
   the revision resolved to its 40-hex commit, never ``main``), or, for a model that exists only in
@@ -98,11 +99,26 @@ def data_fingerprint(dataset) -> str:
                 [[list(x) for x in r["response_ids"]] for r in rows], type=pa.list_(pa.list_(pa.int64()))
             ),
         }
+    # rendering: authors stores the attention too (EOS inside the text not attended): part of what
+    # the reference sees, so part of the key; absent (rendering: trl) the key is as it always was
+    for name in _ATTENTION_COLUMNS:
+        if isinstance(dataset, datasets.Dataset):
+            if name in dataset.column_names:
+                cols[name] = (
+                    dataset.select_columns([name]).with_format("arrow")[:].column(name).combine_chunks()
+                )
+        elif rows and name in rows[0]:
+            typ = pa.list_(pa.int64()) if name == "prompt_attention_mask" else pa.list_(pa.list_(pa.int64()))
+            cols[name] = pa.array([r[name] for r in rows], type=typ)
     h = hashlib.sha256()
-    for name in ("prompt_ids", "response_ids"):
-        h.update(name.encode())
-        _hash_int_lists(h, cols[name])
+    for name in ("prompt_ids", "response_ids", *_ATTENTION_COLUMNS):
+        if name in cols:
+            h.update(name.encode())
+            _hash_int_lists(h, cols[name])
     return h.hexdigest()
+
+
+_ATTENTION_COLUMNS = ("prompt_attention_mask", "response_attention_mask")
 
 
 def _canonical_param_name(name: str) -> str:

@@ -283,6 +283,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, accelerator) -> Data:
         num_proc=cfg.dataset_num_proc,
         apply_chat_template=cfg.apply_chat_template,
         on_template_mismatch=cfg.on_template_mismatch,
+        rendering=cfg.rendering,  # train, reference and eval rows all rendered the same way
     )
     splits = [("training", cfg.dataset_name, cfg.dataset_split, cfg.max_train_samples)]
     if eval_name is not None:

@@ -108,6 +108,7 @@ was dropped -- never silently. In particular:
 This package imports ``datasets`` (scale extras); ``import ncakit`` does not import it.
 """
 
+from ncakit.scale.data.authors import authors_texts, tokenize_authors_example
 from ncakit.scale.data.collate import (
     KResponseCollator,
     LengthGroupedSampler,
@@ -137,6 +138,7 @@ from ncakit.scale.data.schemas import (
 )
 from ncakit.scale.data.tokenize import (
     CHAT_TEMPLATE_MODES,
+    RENDERINGS,
     TEMPLATE_MISMATCH_MODES,
     TemplateMismatchWarning,
     is_conversational,
@@ -182,6 +184,9 @@ __all__ = [
     "tokenize_k_example",
     "tokenize_k_dataset",
     "prepare_k_dataset",
+    "RENDERINGS",
+    "authors_texts",
+    "tokenize_authors_example",
     # batching
     "KResponseCollator",
     "LengthGroupedSampler",

@@ -39,7 +39,7 @@ class KResponseCollator:
 
     ========================  =============  ==================================================
     ``input_ids``             [N, T] int64   prompt + response tokens, right-padded
-    ``attention_mask``        [N, T] int64   1 on real tokens
+    ``attention_mask``        [N, T] int64   1 on real tokens (or the row's stored attention)
     ``labels``                [N, T] int64   = input_ids on response tokens, -100 on prompt/pad
     ``rewards``               [B, K] fp32    0 where ``mask`` is False
     ``mask``                  [B, K] bool    False for the padding responses of short rows
@@ -48,7 +48,10 @@ class KResponseCollator:
     ``ref_logps``             [B, K] fp32    only when every row has a ``ref_logps`` entry
     ========================  =============  ==================================================
 
-    A padding response is a 1-token dummy sequence ``[pad]`` with attention 1 (an all-masked
+    Rows with ``prompt_attention_mask`` / ``response_attention_mask`` (``rendering: authors``,
+    :mod:`ncakit.scale.data.authors`) get that attention on their real tokens (0 at EOS tokens
+    inside the text, as the authors' collator sets it); labels are unchanged (every response token
+    scored, those EOS included). A padding response is a 1-token dummy sequence ``[pad]`` with attention 1 (an all-masked
     row would give NaNs in some attention kernels) and label -100, so its log-prob is exactly 0.
     ``sequence_logps(logits, batch["labels"]).view(B, K)`` is then the loss input. Prompt
     sharing (computing the prompt's tokens once per K responses) can be built from
@@ -117,6 +120,9 @@ class KResponseCollator:
                 raise ValueError(
                     f"ref_logps: row {b} has {len(r['ref_logps'])} values for {len(r['response_ids'])} responses"
                 )
+            p_att = r.get("prompt_attention_mask")
+            if p_att is not None:
+                p_att = _row_attention(p_att, lp, b, None)
             for k in range(K):
                 n = b * K + k
                 if k >= len(r["response_ids"]):
@@ -126,7 +132,13 @@ class KResponseCollator:
                 lr = len(resp)
                 input_ids[n, :lp] = p
                 input_ids[n, lp : lp + lr] = resp
-                attention_mask[n, : lp + lr] = 1
+                if p_att is None:
+                    attention_mask[n, : lp + lr] = 1
+                else:  # rendering: authors -- EOS tokens inside the text are not attended
+                    attention_mask[n, :lp] = p_att
+                    attention_mask[n, lp : lp + lr] = _row_attention(
+                        r["response_attention_mask"][k], lr, b, k
+                    )
                 labels[n, lp : lp + lr] = resp
                 rewards[b, k] = float(r["rewards"][k])
                 mask[b, k] = True
@@ -145,6 +157,15 @@ class KResponseCollator:
         if has_ref:
             batch["ref_logps"] = ref
         return batch
+
+
+def _row_attention(values, n: int, b: int, k: int | None) -> torch.Tensor:
+    """A row's stored attention (``rendering: authors``) as a tensor, its length checked."""
+    att = torch.as_tensor(values, dtype=torch.long)
+    if att.shape != (n,):
+        what = "prompt_attention_mask" if k is None else f"response_attention_mask[{k}]"
+        raise ValueError(f"{what}: row {b} has {tuple(att.shape)} values for {n} tokens")
+    return att
 
 
 def example_lengths(dataset) -> np.ndarray:

@@ -1,7 +1,16 @@
-"""Tokenisation of canonical K-response examples with TRL 1.16's data conventions (chat template
-for conversational rows only, prompt/completion split where the token ids diverge, EOS added to
-plain-text completions), the authors' truncation (prompt keeps its last tokens, responses cut to
-the rest), prompt masked; drops and template mismatches counted."""
+"""Tokenisation of canonical K-response examples; two renderings (``rendering``).
+
+``"trl"`` (default): TRL 1.16's data conventions (chat template for conversational rows only,
+prompt/completion split where the token ids diverge, EOS added to plain-text completions, every
+real token attended), with the authors' TRUNCATION only (prompt keeps its last tokens, responses
+cut to ``max_length - max_prompt_length``; TRL cuts prompt + response to its first ``max_length``
+tokens instead), prompt masked; drops and template mismatches counted. It does NOT render
+sequences as the authors do.
+
+``"authors"``: every sequence as the NCA authors' code builds it (an empty system turn before the
+prompt, each response scored with its template's trailing text and a second EOS, EOS tokens inside
+the text hidden from attention, their truncation): :mod:`ncakit.scale.data.authors`, which cites
+their code line by line; the rows gain ``prompt_attention_mask`` / ``response_attention_mask``."""
 
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ from typing import Any
 import datasets
 import pyarrow.compute as pc
 
+from ncakit.scale.data.authors import tokenize_authors_example
 from ncakit.scale.data.drops import (
     DataStats,
     ExampleError,
@@ -30,6 +40,7 @@ from ncakit.scale.data.schemas import drop_empty_responses, from_canonical
 logger = logging.getLogger("ncakit.scale.data")
 
 CHAT_TEMPLATE_MODES = ("auto", "true", "false")
+RENDERINGS = ("trl", "authors")
 TEMPLATE_MISMATCH_MODES = ("warn", "error")
 # DataStats.examples key under which tokenize_k_dataset records the rows whose tokenised prompt is
 # not a prefix of prompt + response (kept, prompt tail moved as TRL does; see tokenize_k_example).
@@ -214,7 +225,8 @@ def tokenize_k_example(
     response_budget: str = "authors",
     min_responses: int = 2,
 ) -> dict:
-    """Tokenise one canonical example with TRL 1.16's conventions and the authors' truncation.
+    """Tokenise one canonical example with TRL 1.16's conventions and the authors' truncation
+    (``rendering: trl``; ``rendering: authors`` is :func:`ncakit.scale.data.authors.tokenize_authors_example`).
 
     Steps:
 
@@ -330,6 +342,14 @@ _TOKENIZED_FEATURES = datasets.Features(
         "_drop_detail": datasets.Value("string"),
     }
 )
+# rendering: authors adds the attention of every prompt / response token (EOS inside the text: 0)
+_AUTHORS_FEATURES = datasets.Features(
+    {
+        **_TOKENIZED_FEATURES,
+        "prompt_attention_mask": datasets.List(datasets.Value("int8")),
+        "response_attention_mask": datasets.List(datasets.List(datasets.Value("int8"))),
+    }
+)
 
 
 def tokenize_k_dataset(
@@ -348,6 +368,7 @@ def tokenize_k_dataset(
     num_proc: int | None = None,
     source: str = "<memory>",
     warn: bool = True,
+    rendering: str = "trl",
 ) -> Prepared:
     """:func:`tokenize_k_example` over a canonical dataset (or list of rows), drops counted.
 
@@ -358,8 +379,15 @@ def tokenize_k_dataset(
     ``"true"``, ``"false"``) and ``on_template_mismatch`` (``"warn"``: TRL's fallback, ``"error"``)
     are those of :func:`tokenize_k_example`; rows kept with TRL's fallback are counted in
     ``stats.examples["template_mismatch"]`` and reported by one :class:`TemplateMismatchWarning`.
+
+    ``rendering="authors"`` tokenises with :func:`ncakit.scale.data.authors.tokenize_authors_example`
+    instead (the authors always use the chat template, so ``apply_chat_template``,
+    ``on_template_mismatch``, ``add_eos``, ``add_bos`` and ``response_budget`` do not apply); the
+    dataset then also has ``prompt_attention_mask`` and ``response_attention_mask``.
     """
     _check_lengths(max_length, max_prompt_length)
+    if rendering not in RENDERINGS:
+        raise ValueError(f"rendering: expected 'trl' or 'authors', got {rendering!r}")
     _check_mismatch_mode(on_template_mismatch)
     mode = resolve_chat_template_mode(apply_chat_template)
     if on_bad not in ("drop", "raise"):
@@ -390,11 +418,27 @@ def tokenize_k_dataset(
         "template_mismatch": "",
     }
 
+    if rendering == "authors":
+        a_kwargs = dict(
+            max_length=max_length, max_prompt_length=max_prompt_length, min_responses=min_responses
+        )
+        blank |= {"prompt_attention_mask": [], "response_attention_mask": []}
+
+        def fn(example):
+            return tokenize_authors_example(example, tokenizer, **a_kwargs)
+
+        features = _AUTHORS_FEATURES
+    else:
+
+        def fn(example):
+            return tokenize_k_example(example, tokenizer, **kwargs)
+
+        features = _TOKENIZED_FEATURES
     kept, dropped, examples = map_counting_drops(
         ds,
-        lambda example: tokenize_k_example(example, tokenizer, **kwargs),
+        fn,
         blank,
-        _TOKENIZED_FEATURES,
+        features,
         on_bad=on_bad,
         num_proc=num_proc,
         desc="tokenize (K responses)",
@@ -455,6 +499,7 @@ def prepare_k_dataset(
     num_proc: int | None = None,
     load_kwargs: Mapping[str, Any] | None = None,
     cache_dir: str | None = None,
+    rendering: str = "trl",
     **adapter_kwargs,
 ) -> Prepared:
     """Load (:func:`load_k_dataset`) + tokenise (:func:`tokenize_k_dataset`) in one call.
@@ -495,6 +540,7 @@ def prepare_k_dataset(
         num_proc=num_proc,
         source=source,
         warn=False,
+        rendering=rendering,
     )
     stats = loaded.stats.then(tokenized.stats)
     stats.source = source
