@@ -19,6 +19,12 @@ the authors' repository (angie-chen55/pref-learning-ranking-acc):
   responses: the fraction of within-prompt pairs with different data rewards whose r̂ order
   matches (the "reward accuracy" of Remark 2.5; TRL's ``rewards/accuracies`` for K = 2).
 
+Each accuracy has two variants (``variant=``): ``"paper"`` (the default: the definitions above, as
+printed) and ``"authors"`` (what the authors' released code computes, transcribed from
+angie-chen55/pref-learning-ranking-acc at commit a86bdef; see each function for the file:line and for
+what is, and is not, reproduced). The two differ in how ties are treated, and for R* also in where
+the data's ranking comes from.
+
 All functions take ``[B, K]`` tensors (pairwise data: K = 2, chosen in column 0, rewards optional) and
 return a :class:`PairAccuracy` with the counts, so nothing is dropped silently (tied data rewards are
 skipped and counted).
@@ -47,7 +53,19 @@ __all__ = [
     "idealized_ranking_accuracy",
     "implicit_reward_accuracy",
     "idealized_log_ratio_margin",
+    "RANKING_VARIANTS",
+    "AUTHORS_TIE_BAND",
+    "PAPER_EPS",
 ]
+
+#: ``variant=`` values of :func:`ranking_accuracy` and :func:`idealized_ranking_accuracy`.
+RANKING_VARIANTS = ("paper", "authors")
+#: The authors' relative tie band for R*: a likelihood ratio r with |r − 1| < 0.05 is a tie
+#: (``rlhf_minimizer_client.py:307-313``, ``_get_ranking_from_ratio``).
+AUTHORS_TIE_BAND = 0.05
+#: The paper's ε (App. C.4; ``calculate_upper_bound_rlhf.py:32`` ``eps = 1e-3``), the default ``eps``
+#: of :func:`idealized_ranking_accuracy` and :func:`idealized_log_ratio_margin`.
+PAPER_EPS = 1e-3
 
 
 class PairAccuracy(NamedTuple):
@@ -136,12 +154,19 @@ def _lengths(lengths, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
     return torch.where(valid, lengths.double(), torch.ones((), dtype=torch.float64, device=scores.device))
 
 
+def _check_variant(variant) -> str:
+    if variant not in RANKING_VARIANTS:
+        raise ValueError(f"variant: expected one of {RANKING_VARIANTS}, got {variant!r}")
+    return variant
+
+
 def ranking_accuracy(
     policy_logps: torch.Tensor,
     rewards: torch.Tensor | None = None,
     *,
     lengths: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    variant: str = "paper",
 ) -> PairAccuracy:
     """Ranking accuracy of a model (Chen et al. 2024, Def. 2.3 / Eq. 1; Def. A.8 / Eq. 11 for K > 2).
 
@@ -152,15 +177,42 @@ def ranking_accuracy(
     valid rewards tie are skipped and counted in ``skipped_ties`` (Def. A.8 assumes a strict ranking).
     With ``lengths`` ``[B, K]`` the log-probs are divided by them: the paper's length-normalised R̃.
 
+    ``variant="authors"``: the tie rule of the authors' released code (``calibration_metrics_lib.py``
+    ``rank``, lines 267-339, with the data rankings of ``dataset_lib.py:82-92`` and ``:107-115``).
+    There, the model's and the data's rankings are both ``K + 1 − scipy.stats.rankdata(x,
+    method="max")`` (tied items share a rank) and a prompt is correct iff the two lists are EQUAL
+    (``distance_lib.py:187-202``, ``Accuracy``). That is: every valid pair must have the same sign of
+    difference in likelihood and in reward — a likelihood tie counts as WRONG (Eq. 1's ≥ counts it
+    right), and a prompt with tied data rewards is scored, not skipped (it is correct only if the
+    model ties exactly the same responses), so ``skipped_ties`` is 0. Without ``rewards`` column 0 is
+    strictly preferred (the authors' pairwise data, ranking [1, 2]). Not reproduced: the absolute
+    tie threshold 0.01 of ``get_ranking_from_scores_pair`` (``calibration_metrics_lib.py:257-265``),
+    which their code applies only with ``include_ties=True`` on AlpacaFarm — their driver,
+    ``calculate_calibration_metrics.py:93``, always passes ``include_ties=False`` (which also drops
+    the AlpacaFarm pairs with a 50/50 vote, ``dataset_lib.py:63-67``: pass a ``mask``/filter for that).
+
     Args:
         policy_logps: ``[B, K]`` summed sequence log-probs log π_θ(y|x) of the model being evaluated
             (pass the reference log-probs to get the reference model's ranking accuracy).
         rewards: ``[B, K]`` data rewards (optional for K = 2). mask: ``[B, K]`` bool.
+        variant: ``"paper"`` (default; Eq. 1 / Eq. 11 as printed) or ``"authors"`` (above).
     """
+    variant = _check_variant(variant)
     valid = _check_inputs("policy_logps", policy_logps, rewards, mask)
     score = policy_logps.double()
     if lengths is not None:
         score = score / _lengths(lengths, policy_logps, valid)
+    if variant == "authors":
+        both = valid[:, :, None] & valid[:, None, :]
+        model_sign = torch.sign(score[:, :, None] - score[:, None, :])
+        if rewards is None:
+            data_sign = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64, device=score.device)
+        else:
+            r = rewards.double()
+            data_sign = torch.sign(r[:, :, None] - r[:, None, :])
+        agree = (model_sign == data_sign) | ~both  # equal max-rank lists <=> the same sign on every pair
+        correct = agree.all(dim=(1, 2)).sum().item()
+        return _result(correct, valid.shape[0], 0)
     better, tied = _better(rewards, valid)
     ok = ~better | (score[:, :, None] >= score[:, None, :])  # every data-ordered pair respected
     scored = better.any(dim=(1, 2)) & ~tied.any(dim=(1, 2))
@@ -220,11 +272,19 @@ def idealized_log_ratio_margin(
     beta: float,
     *,
     lengths: torch.Tensor | None = None,
-    eps: float = 0.0,
+    eps: float = PAPER_EPS,
 ) -> torch.Tensor:
     """log π*(y_w|x) − log π*(y_l|x) of the perfectly optimised DPO / RLHF policy ``[B]`` (Theorem 3.1,
-    Eq. 6): log μ(y_w|x) − log μ(y_l|x) + logit(α)/β, with α = P(y_w ≻ y_l). ±inf where α ∈ {1, 0}
-    (unless ``eps`` > 0 clips α to [ε, 1 − ε]; the paper used ε = 0.001, App. C.4)."""
+    Eq. 6): log μ(y_w|x) − log μ(y_l|x) + logit(α)/β, with α = P(y_w ≻ y_l) clipped to [ε, 1 − ε].
+
+    ``eps`` defaults to the paper's ε = 0.001 (App. C.4), so α ∈ {0, 1} gives the finite
+    ∓logit(0.001)/β = ∓6.9068/β instead of ±inf; ``eps=0`` (the default before) keeps α as given
+    and returns ±inf there."""
+    ref, a, beta = _idealized_inputs(ref_logps, preference_probs, beta, lengths, eps, clip=True)
+    return ref[:, 0] - ref[:, 1] + torch.special.logit(a) / beta
+
+
+def _idealized_inputs(ref_logps, preference_probs, beta, lengths, eps, *, clip: bool):
     check_tensor("ref_logps", ref_logps)
     if ref_logps.shape[-1] != 2 or ref_logps.shape[0] == 0:
         raise ValueError(f"ref_logps: expected shape [B, 2] (chosen in column 0), got {shape_str(ref_logps)}")
@@ -232,13 +292,21 @@ def idealized_log_ratio_margin(
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 0.5:
         raise ValueError(f"eps: expected a float in [0, 0.5), got {eps!r}")
     B = ref_logps.shape[0]
-    a = _check_preference_probs(preference_probs, B, float(eps))
+    a = _check_preference_probs(preference_probs, B, float(eps) if clip else 0.0)
     ref = ref_logps.double()
     if not bool(torch.isfinite(ref).all()):
         raise ValueError("ref_logps: expected finite values")
     if lengths is not None:
         ref = ref / _lengths(lengths, ref_logps, torch.ones_like(ref, dtype=torch.bool))
-    return ref[:, 0] - ref[:, 1] + torch.special.logit(a) / beta
+    return ref, a, beta
+
+
+def _ranks_from_log_ratio(x: torch.Tensor, band: float) -> torch.Tensor:
+    """The authors' ``_get_ranking_from_ratio`` on r = exp(x): +1 ([1, 2], column 0 first) if
+    r ≥ 1 + band, 0 (tie, [1, 1]) if |r − 1| < band, −1 ([2, 1]) otherwise (r ≤ 1 − band)."""
+    win = x >= math.log1p(band)
+    tie = (x > math.log1p(-band)) & ~win
+    return torch.where(win, 1, torch.where(tie, 0, -1))
 
 
 def idealized_ranking_accuracy(
@@ -247,20 +315,69 @@ def idealized_ranking_accuracy(
     beta: float,
     *,
     lengths: torch.Tensor | None = None,
-    eps: float = 0.0,
+    eps: float = PAPER_EPS,
+    variant: str = "paper",
+    tie_band: float | None = None,
 ) -> PairAccuracy:
     """Idealized ranking accuracy R* (Chen et al. 2024, Corollary 3.3, Eq. 3) of pairwise data.
 
+    ``variant="paper"`` (the default), Eq. 3 in log form, strict ">" as in Eq. 3:
+
         R* = mean over pairs of 1[ log μ(y_w|x) − log μ(y_l|x) + logit(α)/β > 0 ]
 
-    (Eq. 3 in log form; strict ">" as in Eq. 3). α = ``preference_probs`` ``[B]`` is the ground-truth
-    (or rater-proportion) probability that the chosen response (column 0) is preferred; α = 1 always
-    counts as correct and α = 0 never (the limit of Eq. 3; ``eps`` > 0 clips α to [ε, 1 − ε] instead,
-    as the paper's App. C.4 does with ε = 0.001). With ``lengths`` ``[B, 2]`` the reference log-probs
-    are length-normalised: the paper's R̃*.
+    α = ``preference_probs`` ``[B]`` is the ground-truth (or rater-proportion) probability that the
+    chosen response (column 0) is preferred, clipped to [ε, 1 − ε] with ``eps`` = ε; the default
+    ε = 0.001 is the paper's (App. C.4, and ``eps = 1e-3`` in the authors'
+    ``calculate_upper_bound_rlhf.py:32``). So α = 1 counts as correct only if the reference gap is
+    above −logit(0.999)/β = −6.9068/β, and α = 0 as correct only if it is above +6.9068/β.
+    ``eps=0`` restores the unclipped limit of Eq. 3 (α = 1 always correct, α = 0 never), the default
+    before. With ``lengths`` ``[B, 2]`` the reference log-probs are length-normalised: the paper's R̃*.
+
+    ``variant="authors"``: the authors' released code, ``RLHFMinimizerClient.compute_ranks``
+    (``rlhf_minimizer_client.py:315-331``, ratios from ``_compute_likelihood_ratios_helper``, lines
+    179-229), transcribed with a1 = α and a2 = 1 − α:
+
+    - the data's ratio is e = α/(1 − α), or α/ε when 1 − α = 0 (lines 187 and 200; no clipping
+      otherwise, and α = 0 gives e = 0);
+    - the optimal policy's ratio is p = e^(1/β) · μ(y_w)/μ(y_l) (lines 203 and 218; Theorem 3.1);
+    - each ratio r becomes a ranking with a RELATIVE tie band (``_get_ranking_from_ratio``, lines
+      307-313): a tie if |r − 1| < ``tie_band`` (0.05 there), column 0 first if r ≥ 1 + ``tie_band``,
+      column 1 first otherwise;
+    - a pair is correct iff the two rankings are equal (``distance_lib.py:187-202``).
+
+    So, unlike Eq. 3, the data's ranking comes from α itself (a pair with α < 1/2 expects column 1
+    on top, and is right when the policy puts it there), a data ratio within 5% of 1 (α in
+    (0.4872, 0.5122)) expects a TIE, and a policy ratio within 5% of 1 is a tie (wrong for a strict
+    data ranking). The comparisons are done on log-ratios (log p = log(e)/β + Δ log μ), equal to the
+    authors' ratio comparisons up to rounding at the band's edges. Not reproduced: (a) their
+    non-length-normalised branch (lines 215-217) multiplies by the ratio of the two SUMMED
+    LOG-probs, −n₁·log ppl₁ / (−n₂·log ppl₂), not by μ(y_w)/μ(y_l) (their length-normalised branch,
+    line 212, uses the likelihood ratio ppl₂/ppl₁ = exp(Δ mean log-prob), as here with ``lengths``);
+    ncakit uses the likelihood ratio of Theorem 3.1 in both cases; (b) their float64 overflow
+    filter (lines 223-228 drop pairs whose p is inf, i.e. log p > 709.78); here those pairs are
+    scored (p = +inf ranks column 0 first).
 
     Args:
         ref_logps: ``[B, 2]`` reference log-probs, chosen in column 0. beta: the DPO/RLHF β > 0.
+        eps: ε ∈ [0, 0.5); default 0.001 (the paper's). ``variant="paper"`` clips α to [ε, 1 − ε];
+            ``"authors"`` uses ε only as the authors do, in place of a zero 1 − α.
+        variant: ``"paper"`` (default) or ``"authors"``.
+        tie_band: the authors' relative tie band, default 0.05; only with ``variant="authors"``.
     """
-    margin = idealized_log_ratio_margin(ref_logps, preference_probs, beta, lengths=lengths, eps=eps)
-    return _result(int((margin > 0).sum()), margin.shape[0], 0)
+    variant = _check_variant(variant)
+    if variant == "paper":
+        if tie_band is not None:
+            raise ValueError("tie_band: only the authors' variant has a tie band; pass variant='authors'")
+        margin = idealized_log_ratio_margin(ref_logps, preference_probs, beta, lengths=lengths, eps=eps)
+        return _result(int((margin > 0).sum()), margin.shape[0], 0)
+    band = AUTHORS_TIE_BAND if tie_band is None else tie_band
+    if isinstance(band, bool) or not isinstance(band, (int, float)) or not 0 <= band < 1:
+        raise ValueError(f"tie_band: expected a float in [0, 1), got {tie_band!r}")
+    ref, a, beta = _idealized_inputs(ref_logps, preference_probs, beta, lengths, eps, clip=False)
+    one_minus = 1.0 - a
+    denominator = torch.where(one_minus > 0, one_minus, torch.full_like(a, float(eps)))
+    log_e = torch.log(a) - torch.log(denominator)  # -inf at alpha = 0; +inf at alpha = 1 only if eps = 0
+    log_p = log_e / beta + (ref[:, 0] - ref[:, 1])
+    data_rank = _ranks_from_log_ratio(log_e, float(band))
+    policy_rank = _ranks_from_log_ratio(log_p, float(band))
+    return _result(int((data_rank == policy_rank).sum()), a.shape[0], 0)

@@ -11,6 +11,11 @@ the log-ratio) and the LSC reward transform (log-sigmoid-centred rewards).
 A wrapper keeps the core signature of :mod:`ncakit.losses` and takes the wrapped loss's keywords
 (``alpha``, ``label_smoothing`` ...) as its own; its ``__signature__`` lists them all, so the
 registry (:attr:`ncakit.registry.LossSpec.keywords`) and ``help()`` see every keyword it accepts.
+``alpha`` divides the rewards (w = softmax(r/α) in NCA/InfoNCA); it equals the authors' code's
+``temperature_alpha`` (thu-ml/Noise-Contrastive-Alignment, ``reward_trainer.py:456`` divides the
+scores by it), and the authors' own comment at ``reward_trainer.py:453`` says temperature_alpha =
+1/(the paper's α) — so a value copied from the NCA paper's text may need its reciprocal. The
+wrappers pass ``alpha`` through to the wrapped loss unchanged.
 :mod:`ncakit.zoo` registers the variants the project trains (``f_dpo*``, ``nca_lsc``, ``infonca_lsc``).
 """
 
@@ -44,9 +49,16 @@ LossFn = Callable[..., LossOutput]
 #: TRL 1.16's ``f_divergence_type`` names (DPOConfig), in its order.
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
-# TRL 1.16 clamps the exponent of the α-divergence at 80 for float32/bfloat16 (exp(80) ≈ 5.5e34 stays
-# finite in float32). The same cap keeps forward KL's exp(−s) finite for very negative log-ratios;
-# beyond it the score saturates and its gradient is zero (as in TRL).
+# Exponent cap of the f-divergence scores (exp(80) ≈ 5.5e34 is finite in float32 and bfloat16).
+# - α-divergence: as in TRL 1.16, which clamps (c − 1)·s at 80 for float32/bfloat16 (11 for float16)
+#   before exp (trl/trainer/dpo_trainer.py, DPOTrainer._compute_loss, the "alpha_divergence" branch);
+#   ncakit applies 80 in every dtype (TRL's table has no float64 entry).
+# - forward KL: ncakit's OWN choice; TRL 1.16 does NOT clamp it (the "forward_kl" branch computes
+#   1 − torch.exp(−logratios) as is). Unclamped, exp(−s) overflows float32/bfloat16 once s < −88.7,
+#   the score is −inf and the loss inf or NaN (−inf − (−inf)); ncakit's losses promise finite losses
+#   and gradients at extreme inputs (tests/test_zoo.py::test_extreme_values_stay_finite), so the
+#   exponent −s is capped at 80 too. For s ≥ −80 the score equals TRL's exactly; below, it saturates
+#   at 1 − e^80 with zero gradient, where TRL's is −inf.
 _EXP_CAP = 80.0
 
 
@@ -113,7 +125,10 @@ def f_divergence_scores(
     log 2 − log(1 + 1/u) (JS, identical) and −u^(−a)/a (α-divergence, a ∈ (0, 1)); forward KL and α
     differ from TRL's by constants (1 and 1/a) that cancel in every pairwise difference (NOT in NCA,
     where f'(1) = 0 matters), and a = 1 − c (the two conventions agree at 0.5). The
-    exponent is clamped at 80 as in TRL, so scores stay finite (and flat) for extreme log-ratios.
+    exponent is clamped at 80 so scores stay finite (and flat, zero gradient) for extreme
+    log-ratios: for the α-divergence as TRL does; for forward KL by ncakit's choice — TRL 1.16 does
+    not clamp forward KL (its score is −inf, its loss inf/NaN, once exp(−s) overflows), so the two
+    agree only for s ≥ −80.
 
     Args:
         log_ratio: s = log π_θ − log μ, any shape. Returns: a tensor of the same shape.
@@ -146,7 +161,8 @@ def with_f_divergence(
     in place of log π_θ − log μ, so the same transform reaches the pairwise losses (``dpo`` = f-DPO,
     ``hinge``, ``ipo`` — as TRL's ``f_divergence_type`` does) AND the K-way ones (``nca``,
     ``infonca``, ``plackett_luce``: an extension, not in the paper). The wrapped loss keeps its own
-    keyword arguments (``alpha``, ``label_smoothing``, ``lengths`` ...); ``divergence`` and
+    keyword arguments (``alpha`` — the reward temperature, see the module docstring —,
+    ``label_smoothing``, ``lengths`` ...); ``divergence`` and
     ``f_alpha_divergence_coef`` become call-time keywords whose defaults are the ones given here.
 
     ``implicit_rewards`` of the result are β·s (ncakit's convention), not β·f'(π/μ).

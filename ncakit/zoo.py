@@ -12,8 +12,14 @@ every registered loss (what a bandit looping over the registry needs):
 
 - ``rewards`` are always the data's scalar rewards (pairwise losses: chosen first), and every K-way
   loss here accepts the reward temperature ``alpha`` of the core (``soft_labels``): SPPO turns
-  rewards into win probabilities with it, PRO divides its reward gaps by it, the LSC variants pass
-  it to NCA/InfoNCA. (SPPO also takes win probabilities directly: call it without ``alpha``.)
+  rewards into win probabilities with it (σ((r_k − r_j)/α)), PRO divides its reward gaps by it, the
+  LSC variants pass it to NCA/InfoNCA. (SPPO also takes win probabilities directly: call it without
+  ``alpha``.) In every case ``alpha`` divides the rewards (w = softmax(r/α) in NCA/InfoNCA); it
+  equals the authors' code's ``temperature_alpha`` (thu-ml/Noise-Contrastive-Alignment,
+  ``reward_trainer.py:456`` divides the scores by it), and the authors' own comment at
+  ``reward_trainer.py:453`` says temperature_alpha = 1/(the paper's α) — so a value copied from
+  the NCA paper's text may need its reciprocal.
+  Below, "ncakit's α" means this ``alpha``.
 - ``implicit_rewards`` are ALWAYS β·(log π_θ − log μ) of the log-probs passed, even where a loss
   scores something else (f'(π/μ), reference-free log-probs, log-odds), so that metrics and ranking
   accuracy compare every loss on the same quantity. ``ncakit.variants.f_divergence_scores`` gives f'(π/μ).
@@ -129,7 +135,8 @@ def win_rates(rewards: torch.Tensor, alpha: float = 1.0, mask: torch.Tensor | No
 
     This is the SPPO authors' estimator (``scripts/compute_prob.py`` of uclaml/SPPO: the mean over
     the K sampled responses of P(y_k ≻ y_j) = σ(score_k − score_j), diagonal ½ included), with the
-    reward temperature α of ncakit (α = 1 is theirs). Masked slots get 0.
+    reward temperature α of ncakit dividing the rewards (module docstring; α = 1 is the SPPO
+    authors' estimator). Masked slots get 0.
 
     Args:
         rewards: ``[B, K]`` scalar rewards. alpha: α > 0. mask: optional ``[B, K]`` bool.
@@ -276,7 +283,8 @@ def pro(
         L     = L_PRO + sft_weight·(n − 1)²·(−log π_θ(y_best|x))
 
     The code's multipliers T are the reciprocals of the paper's temperatures 𝒯 = 1/(r_k − r_j);
-    ``alpha`` (ncakit's reward temperature, 1 = the paper) divides the reward gaps; the code's 1e-10
+    ``alpha`` (ncakit's reward temperature, see the module docstring; 1 = the PRO paper) divides the
+    reward gaps; the code's 1e-10
     inside the log is dropped (logsumexp). Scores c:
 
     - ``reference_free=True`` (the paper): c = log π_θ(y|x) / |y|, the length-normalised log-prob —
@@ -407,28 +415,53 @@ def cpl(
     beta: float = 0.1,
     contrastive_bias: float = 0.5,
     bc_weight: float = 0.0,
+    bc_reduction: str = "sum",
+    lengths: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     validate: bool = True,
 ) -> LossOutput:
     """CPL, Contrastive Preference Learning (Hejna et al. 2023, arXiv:2310.13639), pairwise ``[B, 2]``,
     chosen first, reference-free (``ref_logps`` only enter ``implicit_rewards``):
 
-        L = −log σ( β·log π_θ(y_w|x) − λ·β·log π_θ(y_l|x) ) + bc_weight·(−log π_θ(y_w|x))
+        L = −log σ( β·log π_θ(y_w|x) − λ·β·log π_θ(y_l|x) ) + bc_weight·BC,   BC = −log π_θ(y_w|x)
 
     CPL's segment score is α·Σ_t γ^t log π(a_t|s_t); at the sequence level (γ = 1) that is α times
     the summed log-prob, with β in the role of CPL's α (the released configs use α = 0.1, ncakit's
     default β). λ = ``contrastive_bias`` ∈ (0, 1] is the conservative bias of CPL(λ) on the
     dispreferred segment (released configs: 0.5, the default here; λ = 1 is reference-free DPO). The
     form is the authors' ``biased_bce_with_logits`` (jhejna/cpl, ``research/algs/cpl.py``). Their
-    optional BC regulariser is offered on the chosen response (``bc_data="pos"``), off by default.
+    optional BC regulariser is offered on the chosen response (their ``bc_data="pos"``; their
+    default ``"all"`` regularises both segments), off by default (``bc_weight=0``, their
+    ``bc_coeff`` default 0.0).
+
+    ``bc_reduction`` chooses how BC reduces the chosen response's per-token log-probs:
+    ``"sum"`` (default) BC = −log π_θ(y_w|x), the summed log-prob the loss receives;
+    ``"token_mean"`` BC = −log π_θ(y_w|x)/|y_w|, the per-step mean, as CPL's authors compute it
+    (``research/algs/cpl.py:112-117``: ``bc_loss = (-lp_pos).mean()`` over the ``(B, S)`` per-step
+    log-probs of fixed-length segments; the CPL term itself uses the SUM over steps,
+    ``segment_adv = adv.sum(dim=-1)``, line 121, as here). ``"token_mean"`` needs ``lengths``
+    ``[B, 2]`` (the response token counts; only column 0 is used). With variable lengths ncakit
+    averages per response and then over prompts, which equals the authors' mean over all steps of
+    the batch when the lengths are equal (their segments are). The default stays ``"sum"``: the BC
+    term is off by default, ``"sum"`` needs no ``lengths``, and earlier results keep their meaning;
+    use ``"token_mean"`` (with ``lengths``) to match the authors' scale of ``bc_coeff``.
     """
     lam = check_real("contrastive_bias", contrastive_bias, low=0.0, low_inclusive=False, high=1.0)
     bc = check_real("bc_weight", bc_weight, low=0.0)
+    if bc_reduction not in ("sum", "token_mean"):
+        raise ValueError(f"bc_reduction: expected 'sum' or 'token_mean', got {bc_reduction!r}")
     beta, s = pairwise_setup(policy_logps, ref_logps, rewards, mask, beta, validate)
+    lens = _check_lengths(lengths, s, valid_mask(s, None))
+    if bc_reduction == "token_mean" and lens is None:
+        raise ValueError(
+            "lengths: bc_reduction='token_mean' divides the chosen log-prob by its token count; pass "
+            "lengths [B, 2]"
+        )
     lp = policy_logps.to(s.dtype)
     loss = -F.logsigmoid(beta * (lp[:, 0] - lam * lp[:, 1]))
     if bc > 0:
-        loss = loss + bc * (-lp[:, 0])
+        nll = -lp[:, 0]
+        loss = loss + bc * (nll / lens[:, 0] if bc_reduction == "token_mean" else nll)
     return loss_output(loss, s, beta, chosen_one_hot(s))
 
 

@@ -86,14 +86,16 @@ def test_idealized_ranking_accuracy_closed_form_by_hand():
     # Eq. 3 in log form: ref_gap + logit(alpha)/beta > 0.
     #   0.6:  -1 + 2 ln(1.5) = -0.189  -> wrong      0.75: -1 + 2 ln 3 = +1.197 -> right
     #   0.5:  -1 + 0 -> wrong;  +0.3 + 0 -> right     1.0: +inf -> right;   0.0: -inf -> wrong
-    margin = idealized_log_ratio_margin(ref, alpha, beta)
+    margin = idealized_log_ratio_margin(ref, alpha, beta, eps=0.0)
     torch.testing.assert_close(margin[0], torch.tensor(-1 + 2 * math.log(1.5), dtype=F64), rtol=0, atol=1e-12)
     torch.testing.assert_close(margin[1], torch.tensor(-1 + 2 * math.log(3), dtype=F64), rtol=0, atol=1e-12)
     assert margin[4] == math.inf and margin[5] == -math.inf
-    out = idealized_ranking_accuracy(ref, alpha, beta)
+    out = idealized_ranking_accuracy(ref, alpha, beta, eps=0.0)
     assert (out.correct, out.total) == (3, 6) and acc(out) == 0.5
-    # The paper's App. C.4 clip (alpha = 1 -> 1 - 0.001): logit(0.999)/0.5 = 13.8 cannot beat a -50 gap.
+    # The paper's App. C.4 clip (alpha = 1 -> 1 - 0.001), now the default: logit(0.999)/0.5 = 13.8 cannot
+    # beat a -50 gap, and alpha = 0 -> 0.001 gives 2 - 13.8 < 0 (still wrong).
     assert idealized_ranking_accuracy(ref, alpha, beta, eps=1e-3).correct == 2
+    assert idealized_ranking_accuracy(ref, alpha, beta).correct == 2
     # Eq. 3 itself, as a ratio: mu_w/mu_l * (alpha/(1-alpha))^(1/beta) > 1 on the interior pairs.
     a, gap = alpha[:4], ref_gap[:4]
     ratio = torch.exp(gap) * (a / (1 - a)) ** (1 / beta)
@@ -139,6 +141,144 @@ def test_perfectly_optimised_dpo_attains_the_idealized_accuracy(beta):
     ideal = idealized_ranking_accuracy(ref, alpha, beta)
     got = ranking_accuracy(pol.detach())
     assert got.correct == ideal.correct and 0 < ideal.correct < B, (got, ideal)
+
+
+def test_eps_defaults_to_the_papers_0_001_and_eps_0_gives_the_old_limit():
+    import inspect
+
+    from ncakit.ranking import PAPER_EPS
+
+    assert PAPER_EPS == 1e-3
+    for fn in (idealized_ranking_accuracy, idealized_log_ratio_margin):
+        assert inspect.signature(fn).parameters["eps"].default == PAPER_EPS
+    beta = 0.5
+    # alpha = 1 and alpha = 0, each with a gap just inside and just outside logit(0.999)/beta = 2 ln 999 = 13.8155.
+    bound = 2 * math.log(999.0)
+    ref_gap = torch.tensor([-bound + 0.1, -bound - 0.1, bound + 0.1, bound - 0.1], dtype=F64)
+    alpha = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=F64)
+    ref = torch.stack([ref_gap, torch.zeros_like(ref_gap)], dim=1)
+    margin = idealized_log_ratio_margin(ref, alpha, beta)
+    # Clipped alpha = 0.999 / 0.001: margin = gap +- logit(0.999)/beta, finite (logit(0.999) = ln 999).
+    want = ref_gap + torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=F64) * bound
+    torch.testing.assert_close(margin, want, rtol=0, atol=1e-12)
+    # Counting: rows 0 (alpha = 1, gap above -bound) and 2 (alpha = 0, gap above +bound) are ranked right.
+    out = idealized_ranking_accuracy(ref, alpha, beta)
+    assert (out.correct, out.total) == (2, 4)
+    # eps = 0: the unclipped limit of Eq. 3, alpha = 1 always right and alpha = 0 never (margins +-inf).
+    assert idealized_log_ratio_margin(ref, alpha, beta, eps=0.0).isinf().all()
+    assert idealized_ranking_accuracy(ref, alpha, beta, eps=0.0).correct == 2
+    assert idealized_ranking_accuracy(ref[:2], alpha[:2], beta, eps=0.0).correct == 2
+    assert idealized_ranking_accuracy(ref[2:], alpha[2:], beta, eps=0.0).correct == 0
+    # Interior alphas inside [eps, 1 - eps] are untouched by the default clip.
+    a = torch.tensor([0.3, 0.6, 0.9], dtype=F64)
+    r3 = torch.randn(3, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
+    assert torch.equal(
+        idealized_log_ratio_margin(r3, a, 0.2), idealized_log_ratio_margin(r3, a, 0.2, eps=0.0)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The authors' variants (angie-chen55/pref-learning-ranking-acc)
+# ---------------------------------------------------------------------------------------------
+
+
+def _authors_rank_from_ratio(ratio, band=0.05):
+    """rlhf_minimizer_client.py _get_ranking_from_ratio, with the band as a parameter."""
+    if abs(ratio - 1.0) < band:
+        return [1, 1]
+    elif ratio >= 1.0 + band:
+        return [1, 2]
+    return [2, 1]
+
+
+def _authors_idealized(gaps, alphas, beta, band=0.05, eps=1e-3):
+    """compute_ranks in plain floats: e = a1/a2 (a1/eps if a2 = 0), p = e**(1/beta) * mu_w/mu_l."""
+    correct = 0
+    for gap, a1 in zip(gaps, alphas):
+        a2 = 1.0 - a1
+        e = a1 / a2 if a2 > 0 else a1 / eps
+        p = e ** (1 / beta) * math.exp(gap)
+        correct += _authors_rank_from_ratio(e, band) == _authors_rank_from_ratio(p, band)
+    return correct
+
+
+def test_authors_idealized_accuracy_with_the_tie_band_by_counting():
+    beta = 1.0  # p = e * mu_w/mu_l, so each policy ratio below is set by hand
+    rows = [  # (alpha, gap = log mu_w - log mu_l): data ranking vs policy ranking (5% band)
+        (0.75, math.log(1.02 / 3)),  # e = 3 -> [1,2]; p = 1.02 -> tie [1,1]: WRONG (paper: margin > 0, right)
+        (0.75, 0.0),  # p = 3 -> [1,2]: right (paper right)
+        (0.5, math.log(1.03)),  # e = 1 -> tie; p = 1.03 -> tie: right (paper right)
+        (0.5, math.log(1.2)),  # e = 1 -> tie; p = 1.2 -> [1,2]: WRONG (paper right)
+        (0.25, 0.0),  # e = 1/3 -> [2,1]; p = 1/3 -> [2,1]: right (paper: margin < 0, wrong)
+        (0.51, -math.log(0.51 / 0.49)),  # e = 1.0408 -> tie; p = 1 -> tie: right (paper: margin = 0, wrong)
+        (1.0, -math.log(1000.0) + math.log(0.5)),  # e = 1/eps = 1000 -> [1,2]; p = 0.5 -> [2,1]: WRONG
+        (0.0, 0.0),  # e = 0 -> [2,1]; p = 0 -> [2,1]: right (paper, clipped: -13.8 + 0 < 0, wrong)
+    ]
+    alpha = torch.tensor([a for a, _ in rows], dtype=F64)
+    gap = torch.tensor([g for _, g in rows], dtype=F64)
+    ref = torch.stack([gap - 3.0, torch.full_like(gap, -3.0)], dim=1)
+    out = idealized_ranking_accuracy(ref, alpha, beta, variant="authors")
+    assert (out.correct, out.total, out.skipped_ties) == (5, 8, 0)
+    assert out.correct == _authors_idealized(gap.tolist(), alpha.tolist(), beta)
+    assert idealized_ranking_accuracy(ref, alpha, beta).correct == 4  # paper: rows 0-3 by the comments above
+    # A 1% band: row 0 (1.02) becomes a win (right), rows 2 (1.03 vs tie) and 5 (e = 1.0408 a win vs p = 1 a tie)
+    # become wrong: rows 0, 1, 4, 7 -> 4.
+    narrow = idealized_ranking_accuracy(ref, alpha, beta, variant="authors", tie_band=0.01)
+    assert narrow.correct == 4 == _authors_idealized(gap.tolist(), alpha.tolist(), beta, band=0.01)
+
+
+def test_authors_idealized_accuracy_matches_the_transcribed_loop_on_random_pairs():
+    g = torch.Generator().manual_seed(3)
+    B = 400
+    gap = torch.randn(B, generator=g, dtype=F64) * 2
+    alpha = torch.rand(B, generator=g, dtype=F64)
+    alpha[:20] = torch.tensor([0.0, 1.0, 0.5, 0.49, 0.51] * 4, dtype=F64)
+    ref = torch.stack([gap, torch.zeros_like(gap)], dim=1)
+    for beta in (0.3, 1.0, 5.0):  # p stays inside float64 range for these, so the loop's ** never overflows
+        for band in (0.05, 0.2):
+            got = idealized_ranking_accuracy(ref, alpha, beta, variant="authors", tie_band=band).correct
+            assert got == _authors_idealized(gap.tolist(), alpha.tolist(), beta, band=band)
+
+
+def _max_ranks(xs):
+    """K + 1 - scipy.stats.rankdata(xs, method="max"), written out: 1 + #{j : x_j > x_i}."""
+    return [1 + sum(x_j > x_i for x_j in xs) for x_i in xs]
+
+
+def test_authors_ranking_accuracy_counts_ties_as_the_released_code_does():
+    logps = torch.tensor([[-3.0, -5.0], [-4.0, -2.0], [-7.0, -7.0], [-1.0, -1.5]], dtype=F64)
+    # Model ranks [1,2], [2,1], [1,1], [1,2] against the data's [1,2]: the tie is WRONG here (Eq. 1: right): 2/4.
+    out = ranking_accuracy(logps, variant="authors")
+    assert (out.correct, out.total, out.skipped_ties) == (2, 4, 0)
+    assert ranking_accuracy(logps).correct == 3
+    # K = 3: tied data rewards are scored, not skipped; right only if the model ties the same responses.
+    rewards = torch.tensor([[3.0, 2.0, 1.0], [1.0, 1.0, 5.0], [1.0, 1.0, 5.0], [2.0, 2.0, 2.0]], dtype=F64)
+    logps = torch.tensor(
+        [[-1.0, -2.0, -3.0], [-2.0, -2.0, -1.0], [-2.0, -3.0, -1.0], [-1.0, -1.0, -1.0]], dtype=F64
+    )
+    # rows: exact order (right); data [2,2,1] vs model [2,2,1] (right); vs model [2,3,1] (wrong); all tied (right).
+    out = ranking_accuracy(logps, rewards, variant="authors")
+    assert (out.correct, out.total, out.skipped_ties) == (3, 4, 0)
+    paper = ranking_accuracy(logps, rewards)
+    assert (paper.correct, paper.total, paper.skipped_ties) == (1, 1, 3)
+
+
+def test_authors_ranking_accuracy_equals_max_rank_lists_on_random_tied_data():
+    g = torch.Generator().manual_seed(4)
+    B, K = 300, 4
+    logps = torch.randint(-3, 1, (B, K), generator=g).to(F64)  # few values: many ties
+    rewards = torch.randint(0, 3, (B, K), generator=g).to(F64)
+    want = sum(_max_ranks(logps[b].tolist()) == _max_ranks(rewards[b].tolist()) for b in range(B))
+    assert ranking_accuracy(logps, rewards, variant="authors").correct == want
+    # With a mask the comparison is over the valid responses only (the authors' lists have their own lengths).
+    mask = torch.ones(B, K, dtype=torch.bool)
+    mask[::2, 3] = False
+    want = sum(
+        _max_ranks(logps[b, : 3 if b % 2 == 0 else K].tolist())
+        == _max_ranks(rewards[b, : 3 if b % 2 == 0 else K].tolist())
+        for b in range(B)
+    )
+    assert ranking_accuracy(logps, rewards, mask=mask, variant="authors").correct == want
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +332,13 @@ BAD = [
      r"beta: expected a finite value > 0"),
     ("eps 0.5", lambda: idealized_ranking_accuracy(R2, torch.ones(3) / 2, 0.1, eps=0.5), ValueError,
      r"eps: expected a float in \[0, 0.5\)"),
+    ("variant", lambda: ranking_accuracy(R2, variant="ncakit"), ValueError, r"variant: expected one of \('paper', 'authors'\)"),
+    ("ideal variant", lambda: idealized_ranking_accuracy(R2, torch.ones(3) / 2, 0.1, variant="x"), ValueError,
+     r"variant: expected one of"),
+    ("band w/o authors", lambda: idealized_ranking_accuracy(R2, torch.ones(3) / 2, 0.1, tie_band=0.05), ValueError,
+     r"tie_band: only the authors' variant has a tie band"),
+    ("band 1", lambda: idealized_ranking_accuracy(R2, torch.ones(3) / 2, 0.1, variant="authors", tie_band=1.0),
+     ValueError, r"tie_band: expected a float in \[0, 1\)"),
     ("ref K=3", lambda: idealized_ranking_accuracy(torch.zeros(3, 3), torch.ones(3) / 2, 0.1), ValueError,
      r"ref_logps: expected shape \[B, 2\]"),
     ("K=3 no rewards", lambda: ranking_accuracy(torch.zeros(2, 3)), ValueError,

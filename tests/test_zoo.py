@@ -379,6 +379,57 @@ def test_cpl_with_unit_bias_is_reference_free_dpo(seed):
     torch.testing.assert_close(Z.cpl(pol, ref + 3.0, beta=0.3).loss, Z.cpl(pol, ref, beta=0.3).loss, **TOL)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_cpl_token_mean_bc_is_the_summed_bc_divided_by_the_chosen_length(seed):
+    pol, ref, _ = rand_inputs(K=2, seed=seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    lengths = torch.randint(1, 40, pol.shape, generator=g).to(torch.float64)
+    kw = dict(beta=0.3, contrastive_bias=0.5)
+    base = Z.cpl(pol, ref, **kw).loss  # bc_weight = 0: the CPL term alone
+    # Identity: the BC term is linear in bc_weight, so (loss - base)/w is the BC term itself; "token_mean" must
+    # equal the summed BC (-log pi_w) divided by |y_w|, and "sum" the summed BC.
+    w = 0.7
+    summed = Z.cpl(pol, ref, bc_weight=w, lengths=lengths, **kw).loss
+    mean = Z.cpl(pol, ref, bc_weight=w, bc_reduction="token_mean", lengths=lengths, **kw).loss
+    torch.testing.assert_close((summed - base) / w, -pol[:, 0], **TOL)
+    torch.testing.assert_close((mean - base) / w, -pol[:, 0] / lengths[:, 0], **TOL)
+    # Feeding per-token-averaged log-probs to the CPL term would change it; token_mean only rescales BC.
+    torch.testing.assert_close(mean - w * (-pol[:, 0] / lengths[:, 0]), base, **TOL)
+    # Equal lengths n: the mean over the batch equals the authors' mean over all (B, n) steps, i.e. the summed
+    # BC averaged over prompts divided by n.
+    n = 7.0
+    eq = Z.cpl(pol, ref, bc_weight=w, bc_reduction="token_mean", lengths=torch.full_like(pol, n), **kw).loss
+    torch.testing.assert_close((eq - base).mean() / w, (-pol[:, 0]).sum() / (pol.shape[0] * n), **TOL)
+    # Gradient by autograd against the closed form: d/d log pi_w of w * (-log pi_w / n_w) is -w / n_w, on top
+    # of the CPL term's gradient; log pi_l sees only the CPL term.
+    x = pol.detach().clone().requires_grad_(True)
+    Z.cpl(x, ref, bc_weight=w, bc_reduction="token_mean", lengths=lengths, **kw).loss.sum().backward()
+    y = pol.detach().clone().requires_grad_(True)
+    Z.cpl(y, ref, **kw).loss.sum().backward()
+    torch.testing.assert_close(x.grad[:, 0], y.grad[:, 0] - w / lengths[:, 0], **TOL)
+    torch.testing.assert_close(x.grad[:, 1], y.grad[:, 1], **TOL)
+    # The CPL term's gradient itself, by hand: h = beta (l_w - lam l_l), d(-log sigma(h)) = -sigma(-h) dh.
+    h = 0.3 * (pol[:, 0] - 0.5 * pol[:, 1])
+    torch.testing.assert_close(y.grad[:, 0], -torch.sigmoid(-h) * 0.3, **TOL)
+    torch.testing.assert_close(y.grad[:, 1], torch.sigmoid(-h) * 0.3 * 0.5, **TOL)
+
+
+def test_cpl_token_mean_needs_lengths_and_a_known_reduction():
+    pol, ref, _ = rand_inputs(K=2, seed=0)
+    with pytest.raises(ValueError, match=r"lengths: bc_reduction='token_mean' divides"):
+        Z.cpl(pol, ref, bc_weight=0.1, bc_reduction="token_mean")
+    with pytest.raises(ValueError, match=r"bc_reduction: expected 'sum' or 'token_mean', got 'mean'"):
+        Z.cpl(pol, ref, bc_weight=0.1, bc_reduction="mean")
+    with pytest.raises(ValueError, match=r"lengths: expected positive token counts"):
+        Z.cpl(pol, ref, bc_weight=0.1, bc_reduction="token_mean", lengths=torch.zeros_like(pol))
+    # Through the registry, lengths travel as a per-example tensor keyword like IPO's.
+    lengths = torch.full_like(pol, 4.0)
+    got = get_loss("cpl")(pol, ref, bc_weight=0.2, bc_reduction="token_mean", lengths=lengths).loss
+    torch.testing.assert_close(
+        got, Z.cpl(pol, ref, bc_weight=0.2, bc_reduction="token_mean", lengths=lengths).loss
+    )
+
+
 def test_asft_beta_one_is_absolute_likelihood_bce():
     # With beta = 1, sigma(log-odds) = P, so the align term is -log P_w - log(1 - P_l).
     ell = torch.tensor([[-0.3, -1.2], [-2.0, -0.05], [-5.0, -4.0]], dtype=torch.float64)
@@ -611,6 +662,34 @@ def test_f_divergences_match_trl(trl_loss_type, divergence, coef, seed):
         fn = V.with_f_divergence(trl_loss_type, divergence, f_alpha_divergence_coef=coef)
         out = fn(policy, reference, beta=beta, **kw)
     torch.testing.assert_close(out.loss.mean(), trl_loss, rtol=1e-6, atol=1e-6)
+
+
+def test_forward_kl_cap_is_ncakits_own_and_matches_trl_above_it():
+    # TRL 1.16's forward-KL score is 1 - exp(-s) with NO clamp (its alpha-divergence branch is the one that
+    # clamps); ncakit caps the exponent -s at 80 so the loss stays finite (test_extreme_values_stay_finite).
+    pytest.importorskip("trl.trainer.dpo_trainer", reason="trl not installed")
+    from trl.trainer.dpo_trainer import DPOTrainer
+
+    code = inspect.getsource(DPOTrainer._compute_loss)
+    branch = code[
+        code.index('f_divergence_type == "forward_kl"') : code.index('f_divergence_type == "js_divergence"')
+    ]
+    assert "1 - torch.exp(-chosen_logratios)" in branch and "clamp" not in branch
+    assert "clamp" in code[code.index('f_divergence_type == "alpha_divergence"') :]
+    # Above the cap (s >= -80) ncakit's score is TRL's formula; below it TRL's overflows float32 to -inf.
+    s = torch.tensor([-80.0, -30.0, 0.0, 5.0, -88.0, -100.0, -1e4], dtype=torch.float32, requires_grad=True)
+    ours = V.f_divergence_scores(s, "forward_kl")
+    trl = 1 - torch.exp(-s.detach())
+    torch.testing.assert_close(ours[:4], trl[:4], rtol=1e-6, atol=0)
+    assert torch.isinf(trl[5:]).all() and (trl[5:] < 0).all()
+    cap = -math.expm1(80.0)  # 1 - e^80: the saturated value, finite in float32
+    torch.testing.assert_close(
+        ours[4:].detach(), torch.full((3,), cap, dtype=torch.float32), rtol=1e-6, atol=0
+    )
+    (g,) = torch.autograd.grad(ours.sum(), s)
+    # d/ds (1 - e^(-s)) = e^(-s) above the cap; zero where the exponent is clamped (s < -80).
+    torch.testing.assert_close(g[1:4], torch.exp(-s.detach()[1:4]), rtol=1e-6, atol=0)
+    assert (g[4:] == 0).all()
 
 
 # ---------------------------------------------------------------------------------------------
