@@ -125,11 +125,16 @@ def soft_labels(
 
     Args:
         rewards: ``[B, K]`` scalar rewards.
-        alpha: reward temperature α > 0. α → 0 gives one-hot labels on the best response; a large
-            α gives uniform labels.
+        alpha: reward temperature α > 0; it DIVIDES the rewards, w = softmax(r / α). α → 0 gives
+            one-hot labels on the best response; a large α gives uniform labels. It equals the
+            authors' code's ``temperature_alpha`` (reward_trainer.py:456 divides the scores by it),
+            so values from their code/yamls are copied as is (their 1e-4 is ``alpha=1e-4``). Their
+            comment at reward_trainer.py:453 says temperature_alpha = 1 / (the paper's α): an α taken
+            from the paper's text needs its reciprocal, ``alpha = 1 / α_paper`` (MATH.md, notation).
         mask: optional ``[B, K]`` bool; masked responses get weight 0.
-        first_bonus: reward bonus added to column 0 before the softmax. The authors' code adds
-            0.01 to the first (best-sorted) response to break ties; off (0) by default.
+        first_bonus: reward bonus added to column 0 before the division by α. The authors' code adds
+            0.01 to the first (best-sorted) response's score so it wins ties and stays the one-hot
+            target (reward_trainer.py:455-456); off (0) by default.
 
     Returns:
         ``[B, K]`` weights, each row summing to 1 over the valid responses, in float32/float64.
@@ -185,8 +190,12 @@ def infonca(
     Args:
         policy_logps, ref_logps, rewards: ``[B, K]``; mask: optional ``[B, K]`` bool.
         beta: β > 0, the KL-regularisation strength (implicit reward scale).
-        alpha: α > 0, the reward temperature of the soft labels.
-        first_bonus: tie-break bonus on column 0 (authors' code: 0.01); default 0.
+        alpha: α > 0, the reward temperature of the soft labels w = softmax(r / α): it divides the
+            rewards, and equals the authors' ``temperature_alpha`` (reward_trainer.py:456); an α from
+            the paper's text is 1 / this (their comment, reward_trainer.py:453). See
+            :func:`soft_labels` and MATH.md, notation.
+        first_bonus: tie-break bonus added to column 0's reward before the division (authors' code:
+            +0.01 on the best answer, reward_trainer.py:455-456); default 0.
         validate: check shapes, dtypes and finiteness (up to five host syncs, see :func:`ncakit.validation.check_loss_inputs`); default True.
 
     Returns:
@@ -229,7 +238,9 @@ def nca(
     w_i > 1/K ends above the reference likelihood. With a ``mask``, K is the number of valid
     responses of that prompt. K = 2 with one-hot labels is :func:`nca_pair`.
 
-    Args: as :func:`infonca`.
+    Args: as :func:`infonca`; ``alpha`` divides the rewards, w = softmax(r / α), and equals the
+    authors' ``temperature_alpha`` (reward_trainer.py:456; the paper's α is its reciprocal per their
+    comment at :453), ``first_bonus`` is added to column 0's reward first (authors: 0.01).
     """
     if validate:
         check_loss_inputs(
@@ -439,7 +450,8 @@ def plackett_luce(
 
     At policy = reference L = ln K!; K = 2 is DPO. ``weights`` are one-hot on the best response.
     ``alpha`` is accepted (and checked) so every K-way reward loss takes the same call; the ranking,
-    and so the loss, does not depend on it.
+    and so the loss, does not depend on it (elsewhere ``alpha`` divides the rewards, w = softmax(r / α),
+    as the authors' ``temperature_alpha``: see :func:`soft_labels`).
     """
     if validate:
         check_loss_inputs(
