@@ -434,6 +434,25 @@ def _log_softmax_masked(z, mask, dim=-1):
     return lp if mask is None else torch.where(mask, lp, torch.zeros((), dtype=lp.dtype))
 
 
+def _argument_mistakes(lib: Callable) -> list[tuple[str, Callable]]:
+    """The mistakes every reward-based loss exercise shares: β, the reference or α used wrongly,
+    each made by calling the library loss ``lib(p, q, r, beta, alpha, mask)`` with that argument off."""
+    return [
+        (
+            "you forgot β: r̂ = β·(log π − log μ).",
+            lambda p, q, r, beta, alpha, mask=None: lib(p, q, r, 1.0, alpha, mask),
+        ),
+        (
+            "you used log π instead of the log-ratio log π − log μ (the reference is missing).",
+            lambda p, q, r, beta, alpha, mask=None: lib(p, torch.zeros_like(q), r, beta, alpha, mask),
+        ),
+        (
+            "you multiplied the rewards by α: α divides them (w = softmax(r/α)).",
+            lambda p, q, r, beta, alpha, mask=None: lib(p, q, r, beta, 1 / alpha, mask),
+        ),
+    ]
+
+
 def check_infonca(fn: Callable) -> bool:
     """Exercise ``infonca`` (MATH.md, InfoNCA):
     ``fn(policy_logps, ref_logps, rewards, beta, alpha, mask=None) -> loss [B]`` (all ``[B, K]``),
@@ -470,18 +489,7 @@ def check_infonca(fn: Callable) -> bool:
             "you used log-softmax over the batch dimension (dim=0): the K responses of ONE prompt compete.",
             lambda *a, **kw: custom(*a, **kw, dim=0),
         ),
-        (
-            "you forgot β: r̂ = β·(log π − log μ).",
-            lambda p, q, r, beta, alpha, mask=None: lib(p, q, r, 1.0, alpha, mask),
-        ),
-        (
-            "you used log π instead of the log-ratio log π − log μ (the reference is missing).",
-            lambda p, q, r, beta, alpha, mask=None: lib(p, torch.zeros_like(q), r, beta, alpha, mask),
-        ),
-        (
-            "you multiplied the rewards by α: α divides them (w = softmax(r/α)).",
-            lambda p, q, r, beta, alpha, mask=None: lib(p, q, r, beta, 1 / alpha, mask),
-        ),
+        *_argument_mistakes(lib),
         ("you used one-hot labels on the best response: use the soft labels w = softmax(r/α).", hard),
         (
             "you forgot the normaliser: log softmax(r̂)_i = r̂_i − logsumexp(r̂), not r̂_i.",
@@ -548,18 +556,7 @@ def check_nca(fn: Callable) -> bool:
             "you normalised the soft labels over the batch dimension (dim=0): use dim=-1.",
             lambda *a, **kw: custom(*a, **kw, w_dim=0),
         ),
-        (
-            "you forgot β: r̂ = β·(log π − log μ).",
-            lambda p, q, r, beta, alpha, mask=None: lib(p, q, r, 1.0, alpha, mask),
-        ),
-        (
-            "you used log π instead of the log-ratio log π − log μ (the reference is missing).",
-            lambda p, q, r, beta, alpha, mask=None: lib(p, torch.zeros_like(q), r, beta, alpha, mask),
-        ),
-        (
-            "you multiplied the rewards by α: α divides them (w = softmax(r/α)).",
-            lambda p, q, r, beta, alpha, mask=None: lib(p, q, r, beta, 1 / alpha, mask),
-        ),
+        *_argument_mistakes(lib),
         ("does not respect the mask: padded responses must drop out of both sums and of K.", _unmasked(lib)),
     ]
     cases = _cases(lambda i: lib(*(i[k] for k in _LOSS_KEYS)), _LOSS_KEYS)
