@@ -701,6 +701,41 @@ def section_gpu(check: dict | None, d: dict | None) -> list[str]:
     return out + [""]
 
 
+def section_fused(d: dict | None) -> list[str]:
+    out = ["## 6. A fused LM head + loss (`ncakit.fused`, not yet wired into `scale/train.py`)", ""]
+    out += [
+        "**How.** `bench_fused_head.py` (run by hand, not by `make bench`): forward + backward of `nca` "
+        "`loss.mean()` from hidden states and a trainable LM-head weight, K = 2, fp32, 1 torch thread, one "
+        "fresh process per (variant, V), peak extra RSS as in item 2. `naive`: full logits + `log_softmax` + "
+        "the loss; `ncakit_head`: today's `LogprobHead` path (`linear_token_logps`) + the loss; `fused`: "
+        "`ncakit.fused.fused_head_loss`, the loss computed inside the head a chunk of prompts at a time, "
+        "grad_hidden and grad_weight formed in the forward (3 matmuls per token instead of 4).",
+        "",
+    ]
+    if d is None:
+        return out + ["_No result yet: run `python benchmarks/bench_fused_head.py`._", ""]
+    c = d["config"]
+    out += [
+        f"Settings: {c.get('tokens', '?')} response tokens, hidden {c.get('hidden', '?')}.",
+        "",
+        _machine_line(d),
+        "",
+        _load_range(d, 1),
+        "",
+        "| V | variant (chunk tokens) | s (fwd+bwd) | peak extra MiB | time / naive | memory / naive "
+        "| time / today's head | memory / today's head |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        chunk = f" ({r['chunk_tokens']})" if r.get("chunk_tokens") else ""
+        out.append(
+            f"| {r['vocab']} | `{r['variant']}`{chunk} | {_f(r['time_s']['median'])} | {r['peak_extra_mib']:.0f} "
+            f"| {_f(r['time_vs_naive'])}x | {_f(r['memory_vs_naive'], 3)}x | {_f(r['time_vs_ncakit_head'])}x "
+            f"| {_f(r['memory_vs_ncakit_head'], 2)}x |"
+        )
+    return out + [""]
+
+
 def render_readme() -> str:
     e2e, head, head_full = _load("e2e_trl"), _load("logprob_head"), _load("logprob_head_full")
     head_chunks = [(p.stem, _load(p.stem)) for p in sorted(RESULTS.glob("logprob_head_chunks*.json"))]
@@ -725,6 +760,8 @@ def render_readme() -> str:
         "| 4 | toy sweep | `bench_toy.py` | `results/toy_sweep.json` |",
         "| 5 | GPU acceptance run, 7B LoRA / QLoRA, 1.1B full, FSDP2 (GPU only: `make gpu-check`, not in "
         "`make bench`) | `gpu_check.py`, `bench_gpu_step.py` | `results/gpu_*.json` |",
+        "| 6 | fused LM head + loss (by hand, not in `make bench`) | `bench_fused_head.py` | "
+        "`results/fused_head.json` |",
         "",
         "**Load.** This 2-core machine is shared with other engineers' jobs. Every result records the 1-minute "
         "load average around its runs; the benchmark itself keeps about one core busy, so a load average well "
@@ -745,6 +782,7 @@ def render_readme() -> str:
     lines += section_k(k)
     lines += section_toy(toy)
     lines += section_gpu(_load("gpu_check"), gpu)
+    lines += section_fused(_load("fused_head"))
     return "\n".join(line for line in lines).rstrip() + "\n"
 
 

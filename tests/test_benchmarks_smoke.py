@@ -365,3 +365,21 @@ def test_gpu_tiny_modes_on_cuda_reach_2ln2_at_step_0():
         # the strict 1e-6 target is gpu_check's to report; here: close, finite, and the reference path taken
         assert abs(r["step0_loss"] - TWO_LN2) <= 1e-4, (mode, r["step0_loss"], r["step0_max_abs_logratio"])
         assert all(math.isfinite(x) for x in r["losses"])
+
+
+def test_fused_head_variants_agree_in_values_and_gradients():
+    """bench_fused_head.py: naive, ncakit's head and the fused head (its chunk sizes) time the same
+    computation: the same [B] loss and gradients on a small batch."""
+    fused = _load("bench_fused_head")
+    hidden, labels, ref, rewards = fused.make_batch(3, 5, 16, 50)
+    hidden, ref, rewards = hidden.double(), ref.double(), rewards.double()
+    w0 = torch.randn(50, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    want = None
+    for variant in ("naive", "ncakit_head", "fused", "fused_small", "fused@3", "fused@7"):
+        h, w = hidden.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+        got = (fused._step(variant, h, w, labels, ref, rewards), h.grad, w.grad)
+        want = got if want is None else want
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=variant)
+    with pytest.raises(ValueError, match="variant"):
+        fused._split("naive@64")  # only the fused head takes a chunk size
