@@ -579,7 +579,8 @@ def section_k(d: dict | None) -> list[str]:
         "`LogprobHead`, B prompts of exactly P tokens with K responses of exactly R tokens (random ids), "
         "collated by `KResponseCollator`; one timed unit = `batch_logps` forward + `losses.nca` + backward "
         "(reference log-probs precomputed; no optimizer step). One fresh process per K; one warm-up, then "
-        "the repeats. **Prompt sharing does not exist in ncakit**: each of the K sequences of a prompt runs the "
+        "the repeats. **No prompt sharing here** (its core, `ncakit.scale.prefix`, item 7, is not yet in the "
+        "training loop): each of the K sequences of a prompt runs the "
         "prompt's tokens again, so the cost per prompt grows linearly in K(P + R). The last column is what a "
         "shared-prompt forward could save at most (P + K R tokens instead of K (P + R)); it is arithmetic, "
         "not a measurement.",
@@ -736,6 +737,45 @@ def section_fused(d: dict | None) -> list[str]:
     return out + [""]
 
 
+def section_sharing(d: dict | None) -> list[str]:
+    out = ["## 7. Prompt sharing (`ncakit.scale.prefix`, not yet wired into `scale/train.py`)", ""]
+    out += [
+        "**How.** `bench_prompt_sharing.py` (run by hand, not by `make bench`): a small Llama, forward + "
+        "backward of the summed `[B, K]` log-probs, the unshared `batch_logps` (each of a prompt's K "
+        "sequences runs the prompt again) against `shared_prompt_logps` (the prompt run once, its keys and "
+        "values reused by the K responses, positions continuing after the prompt); repeats alternate the "
+        "two, the speed-up is the median of each repeat's unshared / shared time.",
+        "",
+    ]
+    if d is None:
+        return out + ["_No result yet: run `python benchmarks/bench_prompt_sharing.py`._", ""]
+    c = d["config"]
+    out += [
+        f"Settings: hidden {c['hidden']}, {c['layers']} layers, vocabulary {c['vocab']}, {c['attn']}, "
+        f"{c['dtype']}, {c['repeats']} repeats, {c['threads']} torch thread(s).",
+        "",
+        _machine_line(d),
+        "",
+        "| prompt / response tokens | prompts | K | unshared s (median) | shared s (median) | speed-up "
+        "| tokens unshared / shared | max \\|Δ log p\\| |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        out.append(
+            f"| {r['prompt_len']} / {r['response_len']} | {r['prompts']} | {r['k']} "
+            f"| {_f(r['unshared_s']['median'])} | {_f(r['shared_s']['median'])} | {_f(r['speedup'])}x "
+            f"| {_f(r['tokens_ratio'])} | {r['max_abs_logp_diff']:.1e} |"
+        )
+    out += ["", "Targets (the issue's, as ratios on this CPU):", ""]
+    for t in d.get("targets", []):
+        state = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
+        out.append(
+            f"- P = {t['prompt_len']}, R = {t['response_len']}, K = {t['k']}: >= {t['target']}x, "
+            f"measured {_f(t['speedup'])}x: {state}"
+        )
+    return out + [""]
+
+
 def render_readme() -> str:
     e2e, head, head_full = _load("e2e_trl"), _load("logprob_head"), _load("logprob_head_full")
     head_chunks = [(p.stem, _load(p.stem)) for p in sorted(RESULTS.glob("logprob_head_chunks*.json"))]
@@ -762,6 +802,8 @@ def render_readme() -> str:
         "`make bench`) | `gpu_check.py`, `bench_gpu_step.py` | `results/gpu_*.json` |",
         "| 6 | fused LM head + loss (by hand, not in `make bench`) | `bench_fused_head.py` | "
         "`results/fused_head.json` |",
+        "| 7 | prompt sharing (by hand, not in `make bench`) | `bench_prompt_sharing.py` | "
+        "`results/prompt_sharing.json` |",
         "",
         "**Load.** This 2-core machine is shared with other engineers' jobs. Every result records the 1-minute "
         "load average around its runs; the benchmark itself keeps about one core busy, so a load average well "
@@ -783,6 +825,7 @@ def render_readme() -> str:
     lines += section_toy(toy)
     lines += section_gpu(_load("gpu_check"), gpu)
     lines += section_fused(_load("fused_head"))
+    lines += section_sharing(_load("prompt_sharing"))
     return "\n".join(line for line in lines).rstrip() + "\n"
 
 
