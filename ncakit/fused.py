@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from ncakit.logprobs import IGNORE_INDEX, auto_chunk_size
+from ncakit.logprobs import IGNORE_INDEX, addmm_fp32_, auto_chunk_size
 from ncakit.losses import LossOutput
 from ncakit.registry import CALL_ARGUMENTS, LossSpec, check_loss_kwargs
 from ncakit.variants import resolve_loss
@@ -69,17 +69,6 @@ def fused_chunk_tokens(vocab_size: int, budget_elements: int = FUSED_CHUNK_ELEME
 
 def _acc(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _addmm_acc_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc += a @ b into an fp32 (fp64) accumulator; on CUDA bf16/fp16 without rounding the product."""
-    if acc.device.type == "cuda" and a.dtype in (torch.bfloat16, torch.float16):
-        try:
-            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-            return
-        except (TypeError, RuntimeError):  # older torch without out_dtype
-            pass
-    acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,7 +274,7 @@ class _FusedHeadLoss(torch.autograd.Function):
                 if need_h:
                     torch.mm(d, weight, out=grad_rows[s:e])
                 if need_w:
-                    _addmm_acc_(grad_w, d.t(), rows[s:e])
+                    addmm_fp32_(grad_w, d.t(), rows[s:e])
                 del d
         loss = torch.cat(losses) if losses else ref_logps.new_zeros(0, dtype=acc)
         ctx.save_for_backward(

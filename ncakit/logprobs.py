@@ -322,7 +322,7 @@ def sequence_logps(
 # --------------------------------------------------------------------------------------------
 
 
-def _addmm_fp32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+def addmm_fp32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """acc += a @ b with an fp32 accumulator, without rounding each chunk's product to bf16 first."""
     if acc.device.type == "cuda" and a.dtype in (torch.bfloat16, torch.float16):
         try:
@@ -399,7 +399,7 @@ class _LinearLogps(torch.autograd.Function):
             if need_h:
                 grad_h[sl] = d @ weight
             if need_w:
-                _addmm_fp32_(grad_w, d.t(), h)
+                addmm_fp32_(grad_w, d.t(), h)
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
 
 

@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 # Causal LMs whose forward is exactly lm_head(decoder(...)) with a bias-free linear head, so the
 # hidden-state path (no [N, T, V] logits) gives the same numbers as the logits.
-_HIDDEN_PATH_MODEL_TYPES = {
+HIDDEN_PATH_MODEL_TYPES = {
     "llama",
     "mistral",
     "mixtral",
@@ -122,7 +122,7 @@ def _plain_linear_head(lm) -> bool:
     """True when ``lm``'s logits are exactly ``lm_head(hidden)`` with a bias-free linear head (no
     softcapping or scaling after the matmul), for a model type whose forward we know."""
     cfg = getattr(lm, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in _HIDDEN_PATH_MODEL_TYPES:
+    if cfg is None or getattr(cfg, "model_type", None) not in HIDDEN_PATH_MODEL_TYPES:
         return False
     softcap = getattr(cfg, "final_logit_softcapping", None)
     if softcap or getattr(cfg, "logit_scale", None) not in (None, 1):

@@ -54,23 +54,9 @@ from collections.abc import Mapping
 import torch
 
 from ncakit.logprobs import IGNORE_INDEX, linear_token_logps
-from ncakit.scale.forward import causal_lm, model_device, unwrap_model
+from ncakit.scale.forward import HIDDEN_PATH_MODEL_TYPES, causal_lm, model_device, unwrap_model
 
 __all__ = ["shared_prompt_logps", "split_prompt_responses", "PromptSplit"]
-
-# Model types whose forward is lm_head(decoder(...)) with a plain linear head (the hidden path).
-_HIDDEN_TYPES = {
-    "llama",
-    "mistral",
-    "mixtral",
-    "qwen2",
-    "qwen2_moe",
-    "qwen3",
-    "qwen3_moe",
-    "phi3",
-    "olmo",
-    "olmo2",
-}
 
 _LOGITS_CHUNK = 2048  # scored rows per log-softmax block on the logits path
 
@@ -190,7 +176,7 @@ def _hidden_path_applies(model) -> bool:
         pass
     lm = causal_lm(model)
     cfg = getattr(lm, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in _HIDDEN_TYPES:
+    if cfg is None or getattr(cfg, "model_type", None) not in HIDDEN_PATH_MODEL_TYPES:
         return False
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1):
         return False
