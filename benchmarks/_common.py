@@ -60,6 +60,45 @@ def summarize(times: list[float]) -> dict:
     }
 
 
+def merge_rounds(parts: list[dict]) -> dict:
+    """One row per (variant, V) from its rounds (one fresh process each): every timed repeat pooled,
+    the largest peak, the loads; a variant whose every round failed keeps its last error row."""
+    ok = [r for r in parts if "error" not in r]
+    if not ok:
+        return parts[-1]
+    row = dict(ok[0])
+    row["time_s"] = summarize([t for r in ok for t in r["time_s"]["all"]])
+    row["peak_extra_mib"] = max(r["peak_extra_mib"] for r in ok)
+    row["rounds"] = len(ok)
+    row["failed_rounds"] = len(parts) - len(ok)
+    row["load_avg_before_after"] = [x for r in ok for x in r["load_avg_before_after"]]
+    return row
+
+
+def random_llama(vocab: int, hidden: int, layers: int, seed: int = 0, attn: str | None = None):
+    """The benchmarks' small Llama (the e2e shape, see ``ncakit.scale.tinylm.tiny_llama``): random
+    weights from ``seed``, fp32, 4 heads / 2 KV heads, untied head; ``attn`` picks the attention kernel."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    if attn is not None:
+        config._attn_implementation = attn
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
 def rss_mib() -> float:
     """Current resident set size of this process in MiB (Linux /proc)."""
     with open("/proc/self/statm") as f:

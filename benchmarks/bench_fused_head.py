@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mib, rss_mib, summarize, write_result  # noqa: E402
+from _common import merge_rounds, peak_rss_mib, rss_mib, summarize, write_result  # noqa: E402
 
 VARIANTS = ["naive", "ncakit_head", "fused", "fused_small"]
 K = 2
@@ -155,19 +155,6 @@ def worker(
     }
 
 
-def _merge(parts: list[dict]) -> dict:
-    ok = [r for r in parts if "error" not in r]
-    if not ok:
-        return parts[-1]
-    row = dict(ok[0])
-    row["time_s"] = summarize([t for r in ok for t in r["time_s"]["all"]])
-    row["peak_extra_mib"] = max(r["peak_extra_mib"] for r in ok)
-    row["rounds"] = len(ok)
-    row["failed_rounds"] = len(parts) - len(ok)
-    row["load_avg_before_after"] = [x for r in ok for x in r["load_avg_before_after"]]
-    return row
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vocab", type=int, nargs="+", default=[32000, 128256])
@@ -211,7 +198,7 @@ def main(argv=None) -> int:
                     f"peak extra {row['peak_extra_mib']:8.0f} MiB",
                     flush=True,
                 )
-    rows = [_merge(parts) for parts in runs.values()]
+    rows = [merge_rounds(parts) for parts in runs.values()]
 
     def find(name, vocab):
         return next(

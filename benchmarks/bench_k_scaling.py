@@ -38,31 +38,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mib, rss_mib, summarize, write_result  # noqa: E402
+from _common import peak_rss_mib, random_llama, rss_mib, summarize, write_result  # noqa: E402
 
 # The settings a worker process gets from its parent (also recorded in the result's config).
 WORKER_FLAGS = ("prompts", "prompt_len", "response_len", "repeats", "threads", "vocab", "hidden", "layers")
 
 
 def build_model(vocab: int, hidden: int, layers: int, seed: int = 0):
-    """The e2e benchmark's Llama shape (see ``ncakit.scale.tinylm.tiny_llama``), random weights, fp32."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+    """The e2e benchmark's Llama shape (``_common.random_llama``), no K/V cache."""
+    model = random_llama(vocab, hidden, layers, seed)
     model.config.use_cache = False
     return model
 

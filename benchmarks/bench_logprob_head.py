@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mib, rss_mib, summarize, write_result  # noqa: E402
+from _common import merge_rounds, peak_rss_mib, rss_mib, summarize, write_result  # noqa: E402
 
 VARIANTS = ["naive", "ncakit_logits", "ncakit_hidden", "trl_chunked", "naive_frozen", "ncakit_hidden_frozen"]
 
@@ -131,20 +131,6 @@ def worker(variant: str, vocab: int, tokens: int, hidden_size: int, repeats: int
     }
 
 
-def _merge(parts: list[dict]) -> dict:
-    """One row per (variant, V) from its rounds: every timed repeat pooled, the largest peak, the loads."""
-    ok = [r for r in parts if "error" not in r]
-    if not ok:
-        return parts[-1]
-    row = dict(ok[0])
-    row["time_s"] = summarize([t for r in ok for t in r["time_s"]["all"]])
-    row["peak_extra_mib"] = max(r["peak_extra_mib"] for r in ok)
-    row["rounds"] = len(ok)
-    row["failed_rounds"] = len(parts) - len(ok)
-    row["load_avg_before_after"] = [x for r in ok for x in r["load_avg_before_after"]]
-    return row
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vocab", type=int, nargs="+", default=[32000, 128256])
@@ -198,7 +184,7 @@ def main(argv=None) -> int:
                     f"peak extra {row['peak_extra_mib']:8.0f} MiB",
                     flush=True,
                 )
-    rows = [_merge(parts) for parts in runs.values()]
+    rows = [merge_rounds(parts) for parts in runs.values()]
     # Ratios against the naive head with the same trainability, and a value check across variants.
     for row in rows:
         if "error" in row:

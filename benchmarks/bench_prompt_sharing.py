@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_info, summarize  # noqa: E402
+from _common import RESULTS, machine_info, random_llama, summarize  # noqa: E402
 
 TARGETS = [  # (prompt, response, K, minimum speed-up) from the issue
     (150, 300, 4, 1.15),
@@ -51,25 +51,8 @@ TARGETS = [  # (prompt, response, K, minimum speed-up) from the issue
 
 
 def build_model(vocab: int, hidden: int, layers: int, seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    config._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model.train()
+    """``_common.random_llama`` with sdpa attention, in training mode (dropout is 0 in this config)."""
+    return random_llama(vocab, hidden, layers, seed, attn="sdpa").train()
 
 
 def make_batch(k: int, prompts: int, prompt_len: int, response_len: int, vocab: int, seed: int = 0):
