@@ -1,17 +1,18 @@
-"""Prompt sharing: forward + backward time of ``ncakit.scale.prefix.shared_prompt_logps`` (each
-prompt run once, its keys/values reused by its K responses) vs the unshared
-``ncakit.scale.forward.batch_logps`` (every one of the K sequences repeats the prompt).
+"""Prompt sharing: ``batch_logps(..., share_prompt=True)`` (``scale/train.py``'s
+``prompt_sharing``; each prompt run once, its keys/values reused by its K responses:
+``ncakit.scale.prefix``) vs the unshared forward (every one of the K sequences repeats the prompt).
 
 Setup: a Llama from ``LlamaConfig`` (default hidden 256, 4 layers, 4 heads / 2 KV heads, MLP 1024,
-vocabulary 8192, untied head; random weights, fp32, CPU, train mode, no LogprobHead: both sides
-take the hidden-state path). Each batch holds B prompts of exactly P tokens with K responses of
-exactly R tokens (random ids), collated by ``KResponseCollator``; by default P/R/B = 150/300/1 (the
-largest batch that keeps the run under 3 minutes on 2 cores) and 64/64/4 (at B = 1 the 64-token
-case measured lower, 1.19x at K = 4 and 1.36x at K = 8: a 512-token unshared batch still runs at
-full per-token speed, the larger one does not). One timed unit::
+vocabulary 8192, untied head; random weights, fp32, CPU, train mode) with the training script's
+``LogprobHead`` installed (both sides take the head path, the shared response pass arms it too).
+Each batch holds B prompts of exactly P tokens with K responses of exactly R tokens (random ids),
+collated by ``KResponseCollator``; by default P/R/B = 150/300/1 (UltraFeedback-like lengths; the
+largest batch that keeps the run within a few minutes on 2 cores) and 64/64/4. Two timed units:
 
-    logps = f(model, batch)                  # [B, K]; f = batch_logps or shared_prompt_logps
-    (logps * weights).sum().backward()
+    step    a whole optimizer step as scale/train.py runs it (the issue's steps/s targets):
+            logps = batch_logps(model, batch, share_prompt=...); NCA loss on fixed reference
+            log-probs; loss.mean().backward(); clip_grad_norm_(1.0); AdamW step; zero_grad
+    fwdbwd  logps = batch_logps(model, batch, share_prompt=...); (logps * weights).sum().backward()
 
 The two variants alternate within every repeat (shared, unshared, shared, ...), after two warm-ups
 each, so a drift in the machine's load hits both alike. The speed-up is the median over the repeats
@@ -26,7 +27,7 @@ met at the size measured here (a smaller model: relatively more time outside the
 LM head, which both variants pay alike on the K*R response tokens).
 
 Usage: python benchmarks/bench_prompt_sharing.py [--ks 2 4 8] [--shapes 150x300x1 64x64x4] [--prompts 1]
-           [--repeats 7] [--threads 1] [--hidden 256] [--layers 4] [--vocab 8192]
+           [--units step fwdbwd] [--repeats 7] [--threads 1] [--hidden 256] [--layers 4] [--vocab 8192]
 Writes benchmarks/results/prompt_sharing.json.
 """
 
@@ -74,29 +75,44 @@ def make_batch(k: int, prompts: int, prompt_len: int, response_len: int, vocab: 
     return KResponseCollator(pad_token_id=0, k=k)(rows)
 
 
-def measure(model, batch, repeats: int) -> dict:
+def measure(model, batch, repeats: int, unit: str = "fwdbwd") -> dict:
+    """Time one unit, shared and unshared alternating. ``unit``: ``"fwdbwd"`` (log-probs, backward)
+    or ``"step"`` (a whole optimizer step as ``scale/train.py`` runs it: ``batch_logps`` with the
+    installed LogprobHead and ``share_prompt`` on or off, the NCA loss on precomputed reference
+    log-probs, backward, gradient clipping at 1.0, AdamW, zero_grad)."""
     import torch
 
+    from ncakit.registry import get_loss
     from ncakit.scale.forward import batch_logps
-    from ncakit.scale.prefix import shared_prompt_logps
 
     weights = torch.randn(batch["mask"].shape, generator=torch.Generator().manual_seed(1))
-    fns = {"shared": shared_prompt_logps, "unshared": batch_logps}
+    ref = -torch.rand(batch["mask"].shape, generator=torch.Generator().manual_seed(2)) * 50
+    rewards = torch.rand(batch["mask"].shape, generator=torch.Generator().manual_seed(3))
+    nca = get_loss("nca")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-7, foreach=False) if unit == "step" else None
+    names = ("shared", "unshared")
 
     def step(name):
         model.zero_grad(set_to_none=True)
         t0, c0 = time.perf_counter(), time.process_time()
-        logps = fns[name](model, batch)
-        (logps * weights).sum().backward()
+        logps = batch_logps(model, batch, share_prompt=name == "shared")
+        if unit == "step":
+            out = nca(logps, ref, rewards, beta=0.1, alpha=1.0, mask=batch["mask"])
+            out.loss.mean().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            (logps * weights).sum().backward()
         return (time.perf_counter() - t0, time.process_time() - c0), logps.detach()
 
-    out = {name: step(name)[1] for name in fns}  # warm-up (and the values, compared below)
-    for name in fns:  # a second warm-up: the first steps of a shape still allocate
+    out = {name: step(name)[1] for name in names}  # warm-up (and the values, compared below)
+    for name in names:  # a second warm-up: the first steps of a shape still allocate
         step(name)
-    times = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
+    times = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for _ in range(repeats):
-        for name in fns:
+        for name in names:
             wall, used = step(name)[0]
             times[name].append(wall)
             cpu[name].append(used)
@@ -128,6 +144,13 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=1, help="prompts per batch (B) where a shape gives none")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument(
+        "--units",
+        nargs="+",
+        default=["step", "fwdbwd"],
+        choices=["step", "fwdbwd"],
+        help="step: a whole optimizer step (the targets); fwdbwd: log-probs forward + backward only",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -154,33 +177,43 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     load0 = os.getloadavg()[0]
+    from ncakit.scale.forward import install_logprob_head
+
     model = build_model(a.vocab, a.hidden, a.layers)
+    install_logprob_head(model)  # scale/train.py's head: the shared response pass arms it too
     rows = []
-    for pl, rl, nb in shapes:
-        for k in a.ks:
-            batch = make_batch(k, nb, pl, rl, a.vocab)
-            r = {"prompt_len": pl, "response_len": rl, "k": k, "prompts": nb}
-            r.update(measure(model, batch, a.repeats))
-            # tokens through the decoder per prompt: K (P + R) unshared vs P + K R shared
-            r["tokens_ratio"] = k * (pl + rl) / (pl + k * rl)
-            rows.append(r)
-            print(
-                f"P={pl:>4} R={rl:>4} B={nb} K={k}  unshared {r['unshared_s']['median']:6.3f} s  shared "
-                f"{r['shared_s']['median']:6.3f} s (medians)  speed-up {r['speedup']:.2f}x (paired), "
-                f"{r['speedup_min']:.2f}x min, {r['speedup_median']:.2f}x median, {r['speedup_cpu_time']:.2f}x cpu time  (tokens ratio "
-                f"{r['tokens_ratio']:.2f}, |dlogp| {r['max_abs_logp_diff']:.1e})",
-                flush=True,
-            )
+    for unit in a.units:
+        for pl, rl, nb in shapes:
+            for k in a.ks:
+                batch = make_batch(k, nb, pl, rl, a.vocab)
+                r = {"unit": unit, "prompt_len": pl, "response_len": rl, "k": k, "prompts": nb}
+                r.update(measure(model, batch, a.repeats, unit))
+                # tokens through the decoder per prompt: K (P + R) unshared vs P + K R shared
+                r["tokens_ratio"] = k * (pl + rl) / (pl + k * rl)
+                rows.append(r)
+                print(
+                    f"{unit:>6} P={pl:>4} R={rl:>4} B={nb} K={k}  unshared {r['unshared_s']['median']:6.3f} s  shared "
+                    f"{r['shared_s']['median']:6.3f} s (medians)  speed-up {r['speedup']:.2f}x (paired), "
+                    f"{r['speedup_min']:.2f}x min, {r['speedup_median']:.2f}x median, {r['speedup_cpu_time']:.2f}x cpu time  (tokens ratio "
+                    f"{r['tokens_ratio']:.2f}, |dlogp| {r['max_abs_logp_diff']:.1e})",
+                    flush=True,
+                )
     targets = []
     for pl, rl, k, need in TARGETS:
         got = next(
-            (r["speedup"] for r in rows if (r["prompt_len"], r["response_len"], r["k"]) == (pl, rl, k)), None
+            (
+                r["speedup"]
+                for r in rows
+                if (r["prompt_len"], r["response_len"], r["k"]) == (pl, rl, k) and r["unit"] == a.units[0]
+            ),
+            None,
         )
         targets.append(
             {
                 "prompt_len": pl,
                 "response_len": rl,
                 "k": k,
+                "unit": a.units[0],
                 "target": need,
                 "speedup": got,
                 "met": None if got is None else bool(got >= need),
@@ -205,6 +238,8 @@ def main(argv=None) -> int:
             "threads": a.threads,
             "attn": "sdpa",
             "dtype": "float32",
+            "units": a.units,
+            "head": "LogprobHead (scale/train.py's)",
         },
         "rows": rows,
         "targets": targets,

@@ -55,6 +55,12 @@ ITEMS = {
     "k": ["bench_k_scaling.py", "--repeats", "5"],
     "toy": ["bench_toy.py"],
 }
+# Longer items, outside `make bench`'s 15 minutes: `run_all.py --only fused sharing` (or --with-extra)
+EXTRA_ITEMS = {
+    "fused": ["bench_fused_head.py"],
+    "sharing": ["bench_prompt_sharing.py"],
+}
+ALL_ITEMS = {**ITEMS, **EXTRA_ITEMS}
 
 
 def run_items(names: list[str]) -> dict:
@@ -70,7 +76,7 @@ def run_items(names: list[str]) -> dict:
     walls = {}
     t_all = time.perf_counter()
     for name in names:
-        script, *args = ITEMS[name]
+        script, *args = ALL_ITEMS[name]
         cmd = [sys.executable, str(HERE / script), *args]
         load0 = os.getloadavg()[0]
         print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
@@ -86,7 +92,7 @@ def run_items(names: list[str]) -> dict:
         print(f"== {name}: {wall:.0f} s (exit {proc.returncode})", file=sys.stderr, flush=True)
     total = time.perf_counter() - t_all
     summary = {"benchmark": "run_all", "machine": machine_info(), "items": walls, "total_wall_s": total}
-    if set(names) != set(ITEMS):
+    if not set(ITEMS) <= set(names):
         # a partial run keeps the previous full run's record and notes this one beside it
         old = _load("run_all") or {}
         summary = {**old, "last_partial": summary} if old.get("items") else summary
@@ -579,8 +585,8 @@ def section_k(d: dict | None) -> list[str]:
         "`LogprobHead`, B prompts of exactly P tokens with K responses of exactly R tokens (random ids), "
         "collated by `KResponseCollator`; one timed unit = `batch_logps` forward + `losses.nca` + backward "
         "(reference log-probs precomputed; no optimizer step). One fresh process per K; one warm-up, then "
-        "the repeats. **No prompt sharing here** (its core, `ncakit.scale.prefix`, item 7, is not yet in the "
-        "training loop): each of the K sequences of a prompt runs the "
+        "the repeats. **The unshared forward** (`prompt_sharing: false`; item 7 measures the shared one, "
+        "which `scale/train.py` uses by default): each of the K sequences of a prompt runs the "
         "prompt's tokens again, so the cost per prompt grows linearly in K(P + R). The last column is what a "
         "shared-prompt forward could save at most (P + K R tokens instead of K (P + R)); it is arithmetic, "
         "not a measurement.",
@@ -703,9 +709,9 @@ def section_gpu(check: dict | None, d: dict | None) -> list[str]:
 
 
 def section_fused(d: dict | None) -> list[str]:
-    out = ["## 6. A fused LM head + loss (`ncakit.fused`, not yet wired into `scale/train.py`)", ""]
+    out = ["## 6. A fused LM head + loss (`fused_loss_head: true`, `ncakit.fused`)", ""]
     out += [
-        "**How.** `bench_fused_head.py` (run by hand, not by `make bench`): forward + backward of `nca` "
+        "**How.** `bench_fused_head.py` (`run_all.py --only fused`; not in `make bench`): forward + backward of `nca` "
         "`loss.mean()` from hidden states and a trainable LM-head weight, K = 2, fp32, 1 torch thread, one "
         "fresh process per (variant, V), peak extra RSS as in item 2. `naive`: full logits + `log_softmax` + "
         "the loss; `ncakit_head`: today's `LogprobHead` path (`linear_token_logps`) + the loss; `fused`: "
@@ -738,13 +744,15 @@ def section_fused(d: dict | None) -> list[str]:
 
 
 def section_sharing(d: dict | None) -> list[str]:
-    out = ["## 7. Prompt sharing (`ncakit.scale.prefix`, not yet wired into `scale/train.py`)", ""]
+    out = ["## 7. Prompt sharing (`prompt_sharing: auto`, `ncakit.scale.prefix`)", ""]
     out += [
-        "**How.** `bench_prompt_sharing.py` (run by hand, not by `make bench`): a small Llama, forward + "
-        "backward of the summed `[B, K]` log-probs, the unshared `batch_logps` (each of a prompt's K "
-        "sequences runs the prompt again) against `shared_prompt_logps` (the prompt run once, its keys and "
-        "values reused by the K responses, positions continuing after the prompt); repeats alternate the "
-        "two, the speed-up is the median of each repeat's unshared / shared time.",
+        "**How.** `bench_prompt_sharing.py` (`run_all.py --only sharing`; not in `make bench`): a small Llama "
+        "with the training script's log-prob head, `batch_logps(..., share_prompt=True)` (each prompt run "
+        "once, its keys and values reused by the K responses, positions continuing after the prompt) against "
+        "the unshared forward (each of a prompt's K sequences runs the prompt again). Unit `step`: a whole "
+        "optimizer step as `scale/train.py` runs it (NCA loss, backward, clipping, AdamW); unit `fwdbwd`: "
+        "the log-probs' forward and backward only. Repeats alternate the two, the speed-up is the median "
+        "of each repeat's unshared / shared time.",
         "",
     ]
     if d is None:
@@ -756,22 +764,22 @@ def section_sharing(d: dict | None) -> list[str]:
         "",
         _machine_line(d),
         "",
-        "| prompt / response tokens | prompts | K | unshared s (median) | shared s (median) | speed-up "
+        "| unit | prompt / response tokens | prompts | K | unshared s (median) | shared s (median) | speed-up "
         "| tokens unshared / shared | max \\|Δ log p\\| |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in d["rows"]:
         out.append(
-            f"| {r['prompt_len']} / {r['response_len']} | {r['prompts']} | {r['k']} "
+            f"| {r.get('unit', 'fwdbwd')} | {r['prompt_len']} / {r['response_len']} | {r['prompts']} | {r['k']} "
             f"| {_f(r['unshared_s']['median'])} | {_f(r['shared_s']['median'])} | {_f(r['speedup'])}x "
             f"| {_f(r['tokens_ratio'])} | {r['max_abs_logp_diff']:.1e} |"
         )
-    out += ["", "Targets (the issue's, as ratios on this CPU):", ""]
+    out += ["", "Targets (the issue's, optimizer steps per second as ratios on this CPU):", ""]
     for t in d.get("targets", []):
         state = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
         out.append(
-            f"- P = {t['prompt_len']}, R = {t['response_len']}, K = {t['k']}: >= {t['target']}x, "
-            f"measured {_f(t['speedup'])}x: {state}"
+            f"- P = {t['prompt_len']}, R = {t['response_len']}, K = {t['k']} (unit {t.get('unit', 'fwdbwd')}): "
+            f">= {t['target']}x, measured {_f(t['speedup'])}x: {state}"
         )
     return out + [""]
 
@@ -800,9 +808,9 @@ def render_readme() -> str:
         "| 4 | toy sweep | `bench_toy.py` | `results/toy_sweep.json` |",
         "| 5 | GPU acceptance run, 7B LoRA / QLoRA, 1.1B full, FSDP2 (GPU only: `make gpu-check`, not in "
         "`make bench`) | `gpu_check.py`, `bench_gpu_step.py` | `results/gpu_*.json` |",
-        "| 6 | fused LM head + loss (by hand, not in `make bench`) | `bench_fused_head.py` | "
+        "| 6 | fused LM head + loss (`run_all.py --only fused`, not in `make bench`) | `bench_fused_head.py` | "
         "`results/fused_head.json` |",
-        "| 7 | prompt sharing (by hand, not in `make bench`) | `bench_prompt_sharing.py` | "
+        "| 7 | prompt sharing (`run_all.py --only sharing`, not in `make bench`) | `bench_prompt_sharing.py` | "
         "`results/prompt_sharing.json` |",
         "",
         "**Load.** This 2-core machine is shared with other engineers' jobs. Every result records the 1-minute "
@@ -832,7 +840,12 @@ def render_readme() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--only", nargs="+", choices=list(ITEMS), help="run only these items, then rebuild the README"
+        "--only", nargs="+", choices=list(ALL_ITEMS), help="run only these items, then rebuild the README"
+    )
+    p.add_argument(
+        "--with-extra",
+        action="store_true",
+        help=f"also run the longer items {sorted(EXTRA_ITEMS)} (items 6 and 7, ~10 more minutes)",
     )
     p.add_argument(
         "--table-only", action="store_true", help="do not run anything; rebuild README.md from results/"
@@ -842,7 +855,7 @@ def main(argv=None) -> int:
         raise SystemExit("--only and --table-only exclude each other")
     failed = []
     if not a.table_only:
-        summary = run_items(a.only or list(ITEMS))
+        summary = run_items(a.only or list(ITEMS) + (list(EXTRA_ITEMS) if a.with_extra else []))
         items = summary.get("last_partial", summary)["items"]
         failed = [n for n, v in items.items() if v["returncode"] != 0]
     README.write_text(render_readme())

@@ -125,6 +125,7 @@ def check_per_prompt(
         n: (_probe_tensor(v, b, gen) if isinstance(v, torch.Tensor) else v) for n, v in kwargs.items()
     }
 
+    @torch.enable_grad()  # also when called under no_grad (an evaluation loop)
     def run(rows: slice):
         p = pol[rows].clone().requires_grad_(True)
         kw = {n: (v[rows] if isinstance(v, torch.Tensor) else v) for n, v in probe_kw.items()}
@@ -214,7 +215,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         seq_start = torch.zeros(B * K + 1, dtype=torch.long)
         seq_start[1:] = torch.cumsum(tokens_per_seq.cpu(), 0)
         prompt_tokens = tokens_per_seq.view(B, K).sum(-1).tolist()
-        losses, rhat, wts = [], [], []
+        losses, rhat, wts, logps = [], [], [], []
         for p0, p1 in _chunks(prompt_tokens, chunk_tokens):
             r0, r1 = int(seq_start[p0 * K]), int(seq_start[p1 * K])
             local = seq[r0:r1] - p0 * K
@@ -238,6 +239,7 @@ class _FusedHeadLoss(torch.autograd.Function):
             seq_logps = torch.zeros(nb, dtype=acc, device=dev).index_add_(0, local, tok)
             if lens is not None:
                 seq_logps = seq_logps / lens[p0 * K : p1 * K]
+            logps.append(seq_logps.detach())
             with torch.enable_grad():
                 pol = seq_logps.view(p1 - p0, K).detach().requires_grad_(need_grad)
                 out = spec.fn(
@@ -284,12 +286,13 @@ class _FusedHeadLoss(torch.autograd.Function):
         ctx.used = False
         ctx.weight_dtype = weight.dtype
         ir, w = torch.cat(rhat), torch.cat(wts)
-        ctx.mark_non_differentiable(ir, w)
+        pol = torch.cat(logps).view(B, K) if logps else ref_logps.new_zeros(0, K, dtype=acc)
+        ctx.mark_non_differentiable(ir, w, pol)
         ctx.set_materialize_grads(True)
-        return loss, ir, w
+        return loss, ir, w, pol
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_ir, _grad_w):
+    def backward(ctx, grad_loss, _grad_ir, _grad_w, _grad_pol):
         if ctx.used:
             raise RuntimeError(
                 "fused_head_loss: backward runs once (its saved gradients are scaled in place)"
@@ -328,7 +331,8 @@ def fused_head_loss(
     average: bool = False,
     ignore_index: int = IGNORE_INDEX,
     validate: bool = True,
-) -> LossOutput:
+    return_logps: bool = False,
+) -> LossOutput | tuple[LossOutput, torch.Tensor]:
     """LM head + sequence log-probs + a registered per-prompt loss, fused and chunked over prompts.
 
     Equal (values and gradients, tested) to::
@@ -357,10 +361,13 @@ def fused_head_loss(
             :func:`fused_chunk_tokens` of V (a 128 MiB fp32 block).
         average: length-normalised sequence log-probs (the mean over each response's tokens).
         validate: passed to the loss (its input checks, per chunk).
+        return_logps: also return the policy's sequence log-probs ``[B, K]`` (detached; what the
+            loss saw: summed, or averaged with ``average``), for metrics.
 
     Returns:
         :class:`ncakit.losses.LossOutput`: ``loss [B]`` (differentiable w.r.t. hidden and weight),
-        ``implicit_rewards`` and ``weights`` ``[B, K]`` (detached).
+        ``implicit_rewards`` and ``weights`` ``[B, K]`` (detached); with ``return_logps``,
+        ``(LossOutput, policy_logps)``. The head runs outside autocast, in the weight's dtype.
     """
     if not isinstance(ref_logps, torch.Tensor) or ref_logps.dim() != 2:
         raise ValueError(
@@ -424,15 +431,17 @@ def fused_head_loss(
         # token counts: the sums are divided by them, as the naive path does
         lens = torch.bincount(seq, minlength=B * K).clamp(min=1).to(_acc(hidden))
     plan = (spec, beta, kwargs, int(chunk_tokens), validate)
-    out = _FusedHeadLoss.apply(
-        rows,
-        weight,
-        targets,
-        seq,
-        ref_logps.detach(),
-        None if rewards is None else rewards.detach(),
-        mask,
-        lens,
-        plan,
-    )
-    return LossOutput(*out)
+    with torch.autocast(device_type=rows.device.type, enabled=False):  # fp32 logits under mixed precision
+        *out, policy = _FusedHeadLoss.apply(
+            rows,
+            weight,
+            targets,
+            seq,
+            ref_logps.detach(),
+            None if rewards is None else rewards.detach(),
+            mask,
+            lens,
+            plan,
+        )
+    out = LossOutput(*out)
+    return (out, policy) if return_logps else out

@@ -181,3 +181,24 @@ def test_bf16_step_zero_rewards_are_exactly_zero(kit, tmp_path, how):
         ulp = 2.0 ** (math.floor(math.log2(abs(first_train[f"logps/{side}"]))) - 7)
         assert abs(first_train[f"rewards/{side}"]) / beta <= ulp, side
     assert first_train["loss"] == pytest.approx(2 * math.log(2), abs=1e-4)
+
+
+def test_prompt_sharing_under_ddp_and_fsdp2_equals_the_unshared_run(kit, tmp_path):
+    """Issue 18: the shared-prompt forward (the prompt pass, then the responses against its cache,
+    both through the wrapper's forward with the log-prob head armed) under DDP and FSDP2 equals one
+    unshared process, within the same 1e-5 (only the order of float32 additions differs)."""
+    logs = {"one": launch(kit, tmp_path / "one", "one", "--prompt_sharing", "false")}
+    for how in ("ddp", "fsdp2"):
+        logs[how] = launch(kit, tmp_path / how, how, "--prompt_sharing", "true")
+        sharing = json.loads((tmp_path / how / "run.json").read_text())["prompt_sharing"]
+        assert sharing["policy"] is True and sharing["reference"] is True, how
+        assert compare(logs["one"], logs[how]) <= 1e-5, how
+        assert weight_diff(final_weights(tmp_path / "one"), final_weights(tmp_path / how)) <= 1e-5, how
+
+
+def test_fused_loss_head_is_refused_under_ddp_before_any_work(kit, tmp_path):
+    with pytest.raises(
+        AssertionError, match="fused_loss_head: true runs in a single process, got 2 processes"
+    ):
+        launch(kit, tmp_path / "ddp", "ddp", "--fused_loss_head", "true")
+    assert not (tmp_path / "ddp" / "ref_cache").exists(), "refused before the reference pass"

@@ -340,3 +340,23 @@ def test_a_second_backward_is_refused():
     out.loss.mean().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="once"):
         out.loss.mean().backward()
+
+
+def test_the_probe_runs_under_no_grad_too():
+    """An evaluation loop calls the fused head under torch.no_grad(): the per-prompt probe still
+    runs its autograd (and caches the right answer), the loss equals the one with grad."""
+    from ncakit import fused
+
+    fused._PROBE_CACHE.clear()
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2 * 3, 5, 8, generator=g, dtype=torch.float64)
+    weight = torch.randn(11, 8, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 11, (6, 5), generator=g)
+    labels[:, :2] = -100
+    ref = -torch.rand(2, 3, generator=g, dtype=torch.float64)
+    rewards = torch.rand(2, 3, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        quiet = fused.fused_head_loss(hidden, weight, labels, ref, rewards, "nca", loss_kwargs={"alpha": 0.5})
+    assert fused.check_per_prompt("nca", {"alpha": 0.5}, k=3) is None
+    loud = fused.fused_head_loss(hidden, weight, labels, ref, rewards, "nca", loss_kwargs={"alpha": 0.5})
+    assert torch.equal(quiet.loss, loud.loss.detach())

@@ -213,15 +213,24 @@ def test_split_layout():
     batch = _batch(seed=15)
     sp = split_prompt_responses(batch)
     assert sp.prompt_lengths.tolist() == batch["prompt_lengths"].tolist()
-    K = batch["mask"].shape[1]
-    n_scored = (sp.first_labels != -100).sum() + (sp.response_labels[:, 1:] != -100).sum()
-    assert int(n_scored) == int(batch["response_lengths"].sum())
-    for n in range(batch["input_ids"].shape[0]):
+    B, K = batch["mask"].shape
+    # every scored token once; the first column (the last prompt token) is never scored
+    assert int((sp.response_labels != -100).sum()) == int(batch["response_lengths"].sum())
+    assert (sp.response_labels[:, 0] == -100).all()
+    assert sp.prompt_ids.shape[1] == int(batch["prompt_lengths"].max()) - 1
+    for n in range(B * K):
         b, lp = n // K, int(batch["prompt_lengths"][n // K])
         assert (
-            sp.prompt_ids[b, :lp].tolist() == batch["input_ids"][n, :lp].tolist()
-            or not batch["mask"].view(-1)[n]
+            sp.prompt_ids[b, : lp - 1].tolist() == batch["input_ids"][n, : lp - 1].tolist()
+            or not (batch["mask"].view(-1)[n])
         )
+        # the row continues the prompt at its unshared positions
+        assert int(sp.response_positions[n, 0]) == lp - 1
+        if batch["mask"].view(-1)[n]:
+            span = int(batch["response_lengths"].view(-1)[n]) + 1
+            assert (
+                sp.response_ids[n, :span].tolist() == batch["input_ids"][n, lp - 1 : lp - 1 + span].tolist()
+            )
 
 
 def test_refusals():
@@ -243,4 +252,38 @@ def test_refusals():
     with pytest.raises(ValueError, match="^input_ids: row 1 does not repeat"):
         shared_prompt_logps(_model("llama"), bad)
     with pytest.raises(ValueError, match="^path: expected"):
-        shared_prompt_logps(_model("llama"), batch, path="head")
+        shared_prompt_logps(_model("llama"), batch, path="bogus")
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_logprob_head_path_token_stats_and_gradients(family):
+    """The training script's path: the installed LogprobHead armed for the response pass, through
+    the model's own forward (what DDP / FSDP2 / ZeRO-3 wrappers need), token statistics included."""
+    base = _model(family, "sdpa", seed=21)
+    shared = copy.deepcopy(base)
+    install_logprob_head(shared)
+    batch = _batch(seed=22)
+    weights = torch.randn(batch["mask"].shape, generator=torch.Generator().manual_seed(23))
+    want, want_stats = batch_logps(base, batch, path="logits", stats=True)
+    got, got_stats = batch_logps(shared, batch, stats=True, share_prompt=True)
+    _assert_close_rel(got, want, what="values")
+    for name, value in want_stats.items().items():
+        _assert_close_rel(got_stats.items()[name], value, what=name)
+    assert torch.equal(
+        got_stats.items()["tokens"], batch["response_lengths"].to(got_stats.items()["tokens"].dtype)
+    )
+    (want * weights).sum().backward()
+    (got * weights).sum().backward()
+    for (name, pa), (_, pb) in zip(base.named_parameters(), shared.named_parameters()):
+        _assert_close_rel(pb.grad, pa.grad, what=name)
+
+
+def test_every_prompt_one_token_and_k_one_rows():
+    """Nothing to cache (every prompt is one token): the response pass alone, no past."""
+    model = _model("llama", "eager", seed=24)
+    batch = _batch(seed=25, shapes=[(1, [4, 2]), (1, [3, 6])], k=2)
+    assert split_prompt_responses(batch).prompt_ids.shape[1] == 0
+    with torch.no_grad():
+        _assert_close_rel(
+            batch_logps(model, batch, share_prompt=True), batch_logps(model, batch, path="logits")
+        )

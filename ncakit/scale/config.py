@@ -64,6 +64,19 @@ class TrainConfig:
     gradient_checkpointing_kwargs: dict[str, Any] | None = _f(
         None, "passed to gradient_checkpointing_enable (default {use_reentrant: false})"
     )
+    prompt_sharing: Literal["auto"] | bool = _f(
+        "auto",
+        "run each prompt once and reuse its keys/values for its K responses (ncakit.scale.prefix; the same "
+        "log-probs to fp32 round-off, fewer tokens): auto = on for K >= 2 with eager/sdpa attention and "
+        "no binding sliding window, off for the policy under gradient checkpointing (the reason goes to "
+        "run.json); true = on or stop with the reason; false = off",
+    )
+    fused_loss_head: bool = _f(
+        False,
+        "compute the loss inside the LM head, chunked over prompts (ncakit.fused; 3 matmuls per token "
+        "instead of 4, memory bounded): for a trainable head (full fine-tuning) in a single process; "
+        "no token metrics (entropy, logits/*, mean_token_accuracy) with it",
+    )
     disable_dropout: bool = _f(
         True, "zero every dropout of the model, LoRA's included, after loading it (TRL's default)"
     )
@@ -319,6 +332,17 @@ class TrainConfig:
                 "rendering: 'authors' renders every row with the chat template (as the authors' code does), "
                 "so apply_chat_template: false cannot apply; use apply_chat_template: auto or true"
             )
+        if self.prompt_sharing not in ("auto", True, False):
+            raise ValueError(f"prompt_sharing: expected auto, true or false, got {self.prompt_sharing!r}")
+        if self.fused_loss_head:
+            from ncakit.fused import check_per_prompt
+
+            reason = check_per_prompt(self.loss, self.loss_kwargs, beta=self.beta, k=self.k)
+            if reason is not None:
+                raise ValueError(
+                    f"fused_loss_head: the loss {self.loss!r} cannot be computed inside the head ({reason}); "
+                    "use fused_loss_head: false"
+                )
         if self.k is not None and self.k < 2:
             raise ValueError(f"k: expected >= 2 responses per prompt (or null), got {self.k}")
         if self.load_in_4bit and not self.use_peft:

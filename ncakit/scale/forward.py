@@ -45,6 +45,10 @@ __all__ = [
     "remove_logprob_head",
     "find_logprob_head",
     "batch_logps",
+    "rows_logps",
+    "rows_hidden",
+    "resolve_path",
+    "fused_batch_loss",
     "unwrap_model",
     "find_peft_model",
     "causal_lm",
@@ -288,6 +292,118 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def resolve_path(model, path: str = "auto") -> str:
+    """The path :func:`batch_logps` takes for ``model``: ``"head"`` when a :class:`LogprobHead` is
+    installed, else ``"hidden"`` for an unwrapped model with a plain linear head, else ``"logits"``
+    (an explicit ``path`` is checked and returned)."""
+    if path not in ("auto", "head", "hidden", "logits"):
+        raise ValueError(f"path: expected 'auto', 'head', 'hidden' or 'logits', got {path!r}")
+    head = find_logprob_head(model) if path in ("auto", "head") else None
+    if path == "head" and head is None:
+        raise ValueError(
+            "path: 'head' needs a LogprobHead installed (ncakit.scale.forward.install_logprob_head)"
+        )
+    if head is not None:
+        return "head"
+    if path == "hidden" or (path == "auto" and _hidden_path_ok(model)):
+        return "hidden"
+    return "logits"
+
+
+def rows_logps(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    average: bool = False,
+    path: str = "auto",
+    chunk_size: int | None = None,
+    stats: bool = False,
+    model_kwargs: Mapping | None = None,
+) -> tuple[torch.Tensor, TokenStats | None]:
+    """Per-row sequence log-probs ``[N]`` fp32 of labelled rows ``[N, T]`` (on the model's device)
+    and, with ``stats=True``, their :class:`ncakit.logprobs.TokenStats` ``[N]`` (else None): the
+    forward of :func:`batch_logps` (its ``path`` rule), without the ``[B, K]`` bookkeeping.
+    ``model_kwargs`` go to the forward (``position_ids``, ``past_key_values`` of a cached prompt:
+    :mod:`ncakit.scale.prefix`); ``use_cache`` defaults to False."""
+    kw = {"use_cache": False, **(model_kwargs or {})}
+    path = resolve_path(model, path)
+    token_stats = None
+    if path == "head":
+        head = find_logprob_head(model)
+        with head.scoring(labels, stats=stats):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        token_stats, head.stats = head.stats, None
+        if stats and token_stats is None:
+            raise RuntimeError(
+                "LogprobHead: armed with stats=True, but the model's forward never called the head"
+            )
+        tok = out.logits if hasattr(out, "logits") else out[0]  # [N, T-1] per-token log-probs
+        # FSDP2 with a bf16 output_dtype casts module outputs to bf16: sum in fp32, never in bf16
+        # (a bf16 sequence log-prob near -300 would have a resolution of 2 nats)
+        seq = tok.float().sum(dim=-1)
+        if average:
+            seq = seq / response_lengths(labels).clamp(min=1).to(seq.dtype)
+        return seq, token_stats
+    if path == "hidden":
+        lm = causal_lm(model)
+        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
+        weight = lm.get_output_embeddings().weight
+        seq = sequence_logps_from_hidden(
+            hidden.to(weight.dtype), weight, labels, average=average, chunk_size=chunk_size, stats=stats
+        )
+    else:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        seq = sequence_logps(logits, labels, average=average, chunk_size=chunk_size, stats=stats)
+    if stats:
+        seq, token_stats = seq
+    return seq.float(), token_stats
+
+
+def rows_hidden(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    model_kwargs: Mapping | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decoder's last hidden states at the scored positions of labelled rows ``[N, T]``:
+    ``(rows [M, H] in the head's dtype, targets [M], seq_index [M], head weight [V, H])``, rows in
+    sequence order (position t predicts ``labels[:, t + 1]``), for :func:`ncakit.fused.fused_head_loss`.
+    Unwrapped models with a plain linear head only (the hidden path)."""
+    lm = causal_lm(model)
+    dec = lm.get_decoder() if hasattr(lm, "get_decoder") else None
+    if _is_wrapped(model) or not _plain_linear_head(lm) or dec is None or dec is lm:
+        raise ValueError(
+            "model: the fused head needs an unwrapped Llama / Mistral / Qwen-style model with a plain "
+            f"linear LM head (no DDP / FSDP / DeepSpeed wrapper), got {type(model).__name__}"
+        )
+    kw = {"use_cache": False, **(model_kwargs or {})}
+    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kw)
+    hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
+    weight = lm.get_output_embeddings().weight
+    targets = labels.to(hidden.device)[:, 1:]
+    seq, pos = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    return hidden[:, :-1][seq, pos].to(weight.dtype), targets[seq, pos], seq, weight
+
+
+def _check_batch(batch: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    for key in ("input_ids", "attention_mask", "labels", "mask"):
+        if key not in batch:
+            raise ValueError(f"{key}: missing from batch (use ncakit.scale.data.KResponseCollator)")
+    B, K = batch["mask"].shape
+    if batch["input_ids"].shape[0] != B * K:
+        raise ValueError(
+            f"input_ids: expected {B * K} = B*K rows for mask of shape {list(batch['mask'].shape)}, "
+            f"got {batch['input_ids'].shape[0]}"
+        )
+    return B, K
+
+
 def batch_logps(
     model,
     batch: Mapping[str, torch.Tensor],
@@ -296,6 +412,7 @@ def batch_logps(
     path: str = "auto",
     chunk_size: int | None = None,
     stats: bool = False,
+    share_prompt: bool = False,
 ):
     """Sequence log-probs ``[B, K]`` of a collated batch under ``model`` (grad follows the caller):
     log π(y_k | x_b) = the SUM of response-token log-probs, prompt and padding masked (MATH.md,
@@ -311,69 +428,95 @@ def batch_logps(
             decoder and projects only response positions through the LM head, chunked
             (:func:`ncakit.logprobs.sequence_logps_from_hidden`; unwrapped models only);
             ``"logits"`` runs ``model(...)`` and uses the chunked
-            :func:`ncakit.logprobs.sequence_logps`; ``"auto"`` takes ``"head"`` when a
-            :class:`LogprobHead` is installed, else ``"hidden"`` for unwrapped Llama/Mistral/Qwen-style
-            models with a plain linear head, else ``"logits"`` (always for DDP/FSDP-wrapped models
-            without the head, whose forward must be the wrapper's).
+            :func:`ncakit.logprobs.sequence_logps`; ``"auto"`` (:func:`resolve_path`) takes
+            ``"head"`` when a :class:`LogprobHead` is installed, else ``"hidden"`` for unwrapped
+            Llama/Mistral/Qwen-style models with a plain linear head, else ``"logits"`` (always for
+            DDP/FSDP-wrapped models without the head, whose forward must be the wrapper's).
         stats: also return the policy's :class:`ncakit.logprobs.TokenStats` ``[B, K]`` (no grad;
             entropy, mean-logit and argmax-hit sums and the count of each response's scored
             tokens, taken from each chunk's logits on every path; 0 at masked responses).
+        share_prompt: run each prompt once and reuse its keys/values for its K responses
+            (:func:`ncakit.scale.prefix.shared_prompt_logps`: the same numbers to fp32 round-off,
+            fewer tokens; refused with one line under gradient checkpointing in training mode or a
+            binding sliding window).
 
     Returns:
         ``[B, K]`` float32, 0 at masked (padding) responses; with ``stats=True``,
         ``(seq_logps, stats)``.
     """
-    if path not in ("auto", "head", "hidden", "logits"):
-        raise ValueError(f"path: expected 'auto', 'head', 'hidden' or 'logits', got {path!r}")
-    for key in ("input_ids", "attention_mask", "labels", "mask"):
-        if key not in batch:
-            raise ValueError(f"{key}: missing from batch (use ncakit.scale.data.KResponseCollator)")
-    mask = batch["mask"]
-    B, K = mask.shape
-    if batch["input_ids"].shape[0] != B * K:
-        raise ValueError(
-            f"input_ids: expected {B * K} = B*K rows for mask of shape {list(mask.shape)}, got {batch['input_ids'].shape[0]}"
+    resolve_path(model, path)
+    B, K = _check_batch(batch)
+    if share_prompt:
+        from ncakit.scale.prefix import shared_prompt_logps  # prefix builds on this module
+
+        return shared_prompt_logps(
+            model, batch, average=average, path=path, chunk_size=chunk_size, stats=stats
         )
     device = model_device(model)
-    input_ids = batch["input_ids"].to(device)
-    attention_mask = batch["attention_mask"].to(device)
-    labels = batch["labels"].to(device)
-    head = find_logprob_head(model) if path in ("auto", "head") else None
-    if path == "head" and head is None:
-        raise ValueError(
-            "path: 'head' needs a LogprobHead installed (ncakit.scale.forward.install_logprob_head)"
-        )
-    token_stats = None
-    if head is not None:
-        with head.scoring(labels, stats=stats):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        token_stats, head.stats = head.stats, None
-        if stats and token_stats is None:
-            raise RuntimeError(
-                "LogprobHead: armed with stats=True, but the model's forward never called the head"
-            )
-        tok = out.logits if hasattr(out, "logits") else out[0]  # [N, T-1] per-token log-probs
-        # FSDP2 with a bf16 output_dtype casts module outputs to bf16: sum in fp32, never in bf16
-        # (a bf16 sequence log-prob near -300 would have a resolution of 2 nats)
-        seq = tok.float().sum(dim=-1)
-        if average:
-            seq = seq / response_lengths(labels).clamp(min=1).to(seq.dtype)
-    elif path == "hidden" or (path == "auto" and _hidden_path_ok(model)):
-        lm = causal_lm(model)
-        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
-        weight = lm.get_output_embeddings().weight
-        seq = sequence_logps_from_hidden(
-            hidden.to(weight.dtype), weight, labels, average=average, chunk_size=chunk_size, stats=stats
-        )
-    else:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        logits = out.logits if hasattr(out, "logits") else out[0]
-        seq = sequence_logps(logits, labels, average=average, chunk_size=chunk_size, stats=stats)
-    if stats and head is None:
-        seq, token_stats = seq
-    seq = seq.float().view(B, K)
-    seq = seq * mask.to(seq.device)
+    seq, token_stats = rows_logps(
+        model,
+        batch["input_ids"].to(device),
+        batch["attention_mask"].to(device),
+        batch["labels"].to(device),
+        average=average,
+        path=path,
+        chunk_size=chunk_size,
+        stats=stats,
+    )
+    mask = batch["mask"]
+    seq = seq.view(B, K) * mask.to(seq.device)
     if not stats:
         return seq
     return seq, token_stats.apply(lambda v: v.view(B, K)).masked(mask)
+
+
+def fused_batch_loss(
+    model,
+    batch: Mapping[str, torch.Tensor],
+    ref_logps: torch.Tensor,
+    loss,
+    *,
+    beta: float,
+    loss_kwargs: Mapping | None = None,
+    average: bool = False,
+    validate: bool = True,
+    share_prompt: bool = False,
+):
+    """The registered ``loss`` of a collated batch with the LM head and the loss fused
+    (:func:`ncakit.fused.fused_head_loss`, chunked over prompts): the decoder's scored rows
+    (:func:`rows_hidden`, or :func:`ncakit.scale.prefix.shared_prompt_hidden` with
+    ``share_prompt``), then the fused head. Returns ``(LossOutput, policy_logps [B, K] detached)``;
+    no token statistics. Unwrapped models only (single process)."""
+    from ncakit.fused import fused_head_loss
+
+    _check_batch(batch)
+    if share_prompt:
+        from ncakit.scale.prefix import shared_prompt_hidden  # prefix builds on this module
+
+        rows, targets, seq_index, weight = shared_prompt_hidden(model, batch)
+    else:
+        device = model_device(model)
+        rows, targets, seq_index, weight = rows_hidden(
+            model,
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch["labels"].to(device),
+        )
+    device = rows.device
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    out, policy = fused_head_loss(
+        rows,
+        weight,
+        targets,
+        ref_logps.to(device, acc),
+        batch["rewards"].to(device),
+        loss,
+        beta=beta,
+        mask=batch["mask"].to(device),
+        loss_kwargs=loss_kwargs,
+        seq_index=seq_index,
+        average=average,
+        validate=validate,
+        return_logps=True,
+    )
+    return out, policy.float()

@@ -1,12 +1,13 @@
 """Prompt sharing by K/V reuse: each prompt runs once, its keys/values serve its K responses.
 
-:func:`shared_prompt_logps` computes the same ``[B, K]`` sequence log-probs as
-:func:`ncakit.scale.forward.batch_logps` over a :class:`ncakit.scale.data.KResponseCollator` batch
-(tested to fp32 round-off, values and parameter gradients), but runs the decoder over
+:func:`shared_prompt_logps` computes the same ``[B, K]`` sequence log-probs (and token statistics)
+as :func:`ncakit.scale.forward.batch_logps` over a :class:`ncakit.scale.data.KResponseCollator`
+batch (tested to fp32 round-off, values and parameter gradients), but runs the model over
 
-    B prompts  (once)  +  B*K responses (against the cached prompt)
+    B prompts, all but their last token (once)  +  B*K rows [last prompt token, response]
 
-instead of B*K full ``prompt + response`` sequences.
+instead of B*K full ``prompt + response`` rows. ``batch_logps(..., share_prompt=True)`` and the
+training script's ``prompt_sharing`` option (``scale/train.py``) call it.
 
 How a collated batch is split (rows are right-padded, prompt-major, row ``b*K + k``):
 
@@ -14,31 +15,28 @@ How a collated batch is split (rows are right-padded, prompt-major, row ``b*K + 
   its response span runs from there to its last scored label (``-100`` labels inside the span are
   fed but not scored, as in the unshared path). The K rows of a prompt must carry the same prompt
   tokens and attention (checked); a padding (masked) response has no label and scores exactly 0.
-- prompt pass: the B prompts right-padded to ``Tp`` with their own attention mask and position ids
-  ``0..Tp-1`` (a prompt token sits at the same position as in the unshared row), ``use_cache=True``
-  into a fresh full (non-sliding) ``DynamicCache``. Right padding means no query row is fully
-  masked (no NaN from an all-masked softmax).
+- prompt pass: prompt b's first ``Lp_b - 1`` tokens, right-padded to ``Tq``, position ids
+  ``0..Tq-1`` (each token at its unshared position), ``use_cache=True`` into a fresh full
+  (non-sliding) ``DynamicCache``; its outputs are not needed (an armed
+  :class:`ncakit.scale.forward.LogprobHead` with no label, ``logits_to_keep=1`` or the decoder only).
+  Right padding means no query row is fully masked (a prompt of one token gets a dummy attended
+  query here, hidden from the responses).
 - the cache is expanded K times along the batch with ``repeat_interleave`` (differentiable: the
   gradients of the K responses sum back into the prompt's keys/values and through them into the
   prompt pass).
-- response pass: the B*K response spans right-padded to ``Tr``, ``past_key_values`` = the expanded
-  cache, attention mask ``[prompt attention | prompt padding (0) | response attention]`` over
-  ``Tp + Tr`` keys, position ids ``Lp_b + j`` (continuing after each prompt's REAL length, exactly
-  the unshared row's positions; the cache index ``Tp + j`` is only used for causality).
-- the first response token is predicted by the LAST real prompt position, whose final hidden state
-  (or logits) comes from the prompt pass, repeated K times; response token ``j + 1`` is predicted by
-  response position ``j``. All scored positions go through one chunked projection.
+- response pass: row n = ``[last prompt token, response span]`` right-padded to ``Tr``, labels
+  ``-100`` on the first token and on padding, attention mask ``[prompt attention | prompt padding
+  (0) | row attention]`` over ``Tq + Tr`` keys, position ids ``Lp_b - 1 + j`` (exactly the unshared
+  row's positions; the cache index ``Tq + j`` only orders causality). Position 0 (the last prompt
+  token) predicts the first response token, as in the unshared row; so the response pass is an
+  ordinary labelled forward, and every path of :func:`ncakit.scale.forward.rows_logps` applies to
+  it unchanged: the installed log-prob head (through DDP / FSDP2 / ZeRO-3 wrappers), the hidden
+  path, the logits path; token statistics; ``average``.
 
-Paths: ``"hidden"`` runs the decoder (``get_decoder()``) and projects only the scored positions
-through the LM head weight (:func:`ncakit.logprobs.linear_token_logps`; unwrapped Llama / Mistral /
-Qwen-style models with a plain bias-free linear head, LoRA included); ``"logits"`` runs the full
-``model(...)`` (its logits, chunked log-softmax of the scored rows only); ``"auto"`` picks
-``"hidden"`` when it applies.
-
-Limits (refused with one line each): gradient checkpointing in training mode (HF drops
-``past_key_values`` inside checkpointed layers); a sliding window shorter than ``Tp + Tr`` (the
-window would count right-padded cache indices, not positions; at the tiny test lengths the window
-never binds, so Mistral is exact there).
+Limits (refused with one line each; ``prompt_sharing: auto`` in the training script resolves to off
+in these cases, saying why): gradient checkpointing in training mode (HF drops ``past_key_values``
+inside checkpointed layers); a sliding window shorter than ``Tq + Tr`` (the window would count
+right-padded cache indices, not positions; where the window never binds, Mistral is exact).
 
 Example::
 
@@ -53,24 +51,40 @@ from collections.abc import Mapping
 
 import torch
 
-from ncakit.logprobs import IGNORE_INDEX, linear_token_logps
-from ncakit.scale.forward import HIDDEN_PATH_MODEL_TYPES, causal_lm, model_device, unwrap_model
+from ncakit.logprobs import IGNORE_INDEX
+from ncakit.scale.forward import (
+    HIDDEN_PATH_MODEL_TYPES,
+    causal_lm,
+    find_logprob_head,
+    model_device,
+    resolve_path,
+    rows_hidden,
+    rows_logps,
+)
 
-__all__ = ["shared_prompt_logps", "split_prompt_responses", "PromptSplit"]
-
-_LOGITS_CHUNK = 2048  # scored rows per log-softmax block on the logits path
+__all__ = [
+    "shared_prompt_logps",
+    "shared_prompt_hidden",
+    "split_prompt_responses",
+    "PromptSplit",
+    "check_sharable",
+    "resolve_prompt_sharing",
+]
 
 
 class PromptSplit:
-    """A collated batch split into B prompts and B*K response spans (all tensors on one device).
+    """A collated batch split into B prompt heads and B*K response rows (all tensors on one device).
 
     Attributes:
-        prompt_ids / prompt_attention: ``[B, Tp]`` right-padded prompts (attention 0 on padding).
+        k: responses per prompt.
         prompt_lengths: ``[B]`` real prompt tokens (>= 1).
-        response_ids / response_attention / response_labels: ``[B*K, Tr]`` right-padded response
-            spans; labels ``-100`` on padding (and wherever the batch had ``-100`` inside the span).
-        first_labels: ``[B*K]`` the first response token (scored from the last prompt position),
-            ``-100`` for a row with no response.
+        prompt_ids / prompt_attention: ``[B, Tq]`` the prompts without their last token,
+            right-padded (``Tq = max Lp - 1``, possibly 0); the attention of the prompt pass
+            (a dummy 1 at column 0 of a 1-token prompt).
+        cache_attention: ``[B, Tq]`` the same columns as the responses see them (no dummy).
+        response_ids / response_attention / response_labels / response_positions: ``[B*K, Tr]``
+            rows ``[last prompt token, response span]``, right-padded; labels ``-100`` on the first
+            token, on padding, and wherever the batch had ``-100`` inside the span.
     """
 
     def __init__(self, **kw):
@@ -78,13 +92,13 @@ class PromptSplit:
 
     def __repr__(self) -> str:
         return (
-            f"PromptSplit(B={self.prompt_ids.shape[0]}, K={self.k}, Tp={self.prompt_ids.shape[1]}, "
+            f"PromptSplit(B={self.prompt_ids.shape[0]}, K={self.k}, Tq={self.prompt_ids.shape[1]}, "
             f"Tr={self.response_ids.shape[1]})"
         )
 
 
 def split_prompt_responses(batch: Mapping[str, torch.Tensor], device=None) -> PromptSplit:
-    """Split a :class:`ncakit.scale.data.KResponseCollator` batch into prompts and response spans
+    """Split a :class:`ncakit.scale.data.KResponseCollator` batch into prompt heads and response rows
     (see the module docstring). Raises ValueError when the K rows of a prompt disagree on it."""
     for key in ("input_ids", "attention_mask", "labels", "mask"):
         if key not in batch:
@@ -108,33 +122,27 @@ def split_prompt_responses(batch: Mapping[str, torch.Tensor], device=None) -> Pr
     last = torch.where(has, ar, -1).max(dim=1).values  # last scored index (-1 when none)
     # A label at position 0 is never scored (nothing predicts it): the prompt has >= 1 token.
     row_lp = first.clamp(min=1, max=T)
-    end = torch.where(has_any, last + 1, row_lp)
-    row_lp, end, has_any_bk = row_lp.view(B, K), end.view(B, K), has_any.view(B, K)
+    row_lp_bk, has_any_bk = row_lp.view(B, K), has_any.view(B, K)
     # The prompt of b: from its first row with a response (else a 1-token dummy from row b*K).
-    src_k = torch.where(has_any_bk.any(dim=1), has_any_bk.float().argmax(dim=1), 0)
+    any_b = has_any_bk.any(dim=1)
+    src_k = torch.where(any_b, has_any_bk.float().argmax(dim=1), 0)
     src = torch.arange(B, device=dev) * K + src_k
-    lp = torch.where(has_any_bk.any(dim=1), row_lp.gather(1, src_k[:, None]).squeeze(1), 1)
-    bad = has_any_bk & (row_lp != lp[:, None])
+    lp = torch.where(any_b, row_lp_bk.gather(1, src_k[:, None]).squeeze(1), 1)
+    bad = has_any_bk & (row_lp_bk != lp[:, None])
     if bool(bad.any()):
         b, k = (int(x) for x in bad.nonzero()[0])
         raise ValueError(
-            f"labels: the rows of prompt {b} disagree on its length ({int(row_lp[b, k])} vs "
+            f"labels: the rows of prompt {b} disagree on its length ({int(row_lp_bk[b, k])} vs "
             f"{int(lp[b])}); prompt sharing needs the K rows of a prompt to share its tokens"
         )
     Tp = int(lp.max())
     in_prompt = ar[None, :Tp] < lp[:, None]  # [B, Tp]
-    prompt_ids = torch.where(in_prompt, input_ids[src, :Tp], input_ids[src, :1].expand(-1, Tp))
-    prompt_att = attention[src, :Tp] * in_prompt
-    # a prompt none of whose rows has a response (every slot masked): its 1-token dummy is attended,
-    # so no query of the prompt pass is fully masked (NaN in some kernels)
-    none = ~has_any_bk.any(dim=1)
-    if bool(none.any()):
-        prompt_att = prompt_att.clone()
-        prompt_att[none, 0] = 1
+    full_ids = torch.where(in_prompt, input_ids[src, :Tp], input_ids[src, :1].expand(-1, Tp))
+    full_att = attention[src, :Tp] * in_prompt
     # every real row's prompt tokens / attention must equal its prompt's
     rows_p = in_prompt.repeat_interleave(K, dim=0) & has_any[:, None]
-    same = (input_ids[:, :Tp] == prompt_ids.repeat_interleave(K, dim=0)) & (
-        attention[:, :Tp] == prompt_att.repeat_interleave(K, dim=0)
+    same = (input_ids[:, :Tp] == full_ids.repeat_interleave(K, dim=0)) & (
+        attention[:, :Tp] == full_att.repeat_interleave(K, dim=0)
     )
     if bool((rows_p & ~same).any()):
         n = int((rows_p & ~same).any(dim=1).nonzero()[0])
@@ -142,55 +150,53 @@ def split_prompt_responses(batch: Mapping[str, torch.Tensor], device=None) -> Pr
             f"input_ids: row {n} does not repeat the tokens/attention of prompt {n // K}; prompt sharing "
             "needs the K rows of a prompt to share its tokens"
         )
-    lr = (end - row_lp).view(N).clamp(min=0)  # response span lengths (0 for masked rows)
-    Tr = max(int(lr.max()), 1)
-    start = lp.repeat_interleave(K)  # [N]
+    # prompt pass: all but the last prompt token
+    Tq = Tp - 1
+    cache_att = full_att[:, :Tq] * (ar[None, :Tq] < (lp - 1)[:, None])
+    prompt_att = cache_att
+    if Tq > 0:
+        empty = lp == 1  # nothing of this prompt is cached: one dummy attended query, never seen
+        if bool(empty.any()):
+            prompt_att = cache_att.clone()
+            prompt_att[empty, 0] = 1
+    # response rows: [last prompt token, response span], from the row itself (or, for a masked
+    # slot, its prompt's source row: the last prompt token only)
+    start = (lp - 1).repeat_interleave(K)  # [N]
+    end = torch.where(has_any, last + 1, start + 1)
+    length = end - start  # >= 1
+    Tr = int(length.max())
+    rowsrc = torch.where(has_any, torch.arange(N, device=dev), src.repeat_interleave(K))
     jr = torch.arange(Tr, device=dev)
-    in_resp = jr[None, :] < lr[:, None]  # [N, Tr]
+    inside = jr[None, :] < length[:, None]  # [N, Tr]
     idx = (start[:, None] + jr[None, :]).clamp(max=T - 1)
-    resp_ids = torch.where(in_resp, input_ids.gather(1, idx), prompt_ids[:, :1].repeat_interleave(K, dim=0))
-    resp_att = torch.where(in_resp, attention.gather(1, idx), 0)
-    resp_labels = torch.where(in_resp, labels.gather(1, idx), IGNORE_INDEX)
-    first_labels = torch.where(lr > 0, resp_labels[:, 0], IGNORE_INDEX)
+    resp_ids = torch.where(inside, input_ids[rowsrc].gather(1, idx), input_ids[rowsrc, :1])
+    resp_att = torch.where(inside, attention[rowsrc].gather(1, idx), 0)
+    resp_att[:, 0] = torch.where(has_any, resp_att[:, 0], 1)  # a masked slot's query: attended
+    resp_labels = torch.where(inside & has_any[:, None], labels.gather(1, idx), IGNORE_INDEX)
+    resp_labels[:, 0] = IGNORE_INDEX  # the last prompt token: predicted from the cache, never scored
     return PromptSplit(
         k=K,
-        prompt_ids=prompt_ids,
-        prompt_attention=prompt_att.to(attention.dtype),
         prompt_lengths=lp,
+        prompt_ids=full_ids[:, :Tq],
+        prompt_attention=prompt_att.to(attention.dtype),
+        cache_attention=cache_att.to(attention.dtype),
         response_ids=resp_ids,
         response_attention=resp_att.to(attention.dtype),
         response_labels=resp_labels,
-        first_labels=first_labels,
+        response_positions=start[:, None] + jr[None, :],
     )
 
 
-def _hidden_path_applies(model) -> bool:
-    if unwrap_model(model) is not model or type(model).__name__ in ("FullyShardedDataParallel",):
-        return False
-    try:
-        from torch.distributed.fsdp import FSDPModule
-
-        if isinstance(model, FSDPModule):
-            return False
-    except ImportError:  # pragma: no cover
-        pass
+def check_sharable(model, total_len: int | None = None, *, training: bool | None = None) -> str | None:
+    """Why ``model`` cannot share prompts (one line), or None when it can. ``total_len``: cache
+    indices of the response pass (``Tq + Tr``); ``training``: the mode the forward runs in (default:
+    the model's own)."""
     lm = causal_lm(model)
-    cfg = getattr(lm, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in HIDDEN_PATH_MODEL_TYPES:
-        return False
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1):
-        return False
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    dec = lm.get_decoder() if hasattr(lm, "get_decoder") else None
-    return isinstance(head, torch.nn.Linear) and head.bias is None and dec is not None and dec is not lm
-
-
-def _check_supported(lm, total_len: int) -> None:
-    checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in lm.modules())
-    if checkpointing and lm.training:
-        raise ValueError(
-            "model: prompt sharing is not supported with gradient checkpointing in training mode "
-            "(HF drops past_key_values inside checkpointed layers); use batch_logps"
+    training = lm.training if training is None else training
+    if training and any(getattr(m, "gradient_checkpointing", False) is True for m in lm.modules()):
+        return (
+            "prompt sharing is not supported with gradient checkpointing in training mode "
+            "(HF drops past_key_values inside checkpointed layers)"
         )
     cfg = lm.config.get_text_config(decoder=True) if hasattr(lm.config, "get_text_config") else lm.config
     window = getattr(cfg, "sliding_window", None)
@@ -198,24 +204,115 @@ def _check_supported(lm, total_len: int) -> None:
         cfg, "use_sliding_window", False
     ):
         window = None
-    if window is not None and total_len >= int(window):
-        raise ValueError(
-            f"model: sliding window {window} <= prompt + response length {total_len}: prompt sharing "
-            "would window over padded cache indices; use batch_logps"
+    if window is not None and total_len is not None and total_len >= int(window):
+        return (
+            f"sliding window {window} <= prompt + response length {total_len}: prompt sharing "
+            "would window over padded cache indices"
         )
+    return None
 
 
-def _score_rows(rows: torch.Tensor, targets: torch.Tensor, head_weight, chunk_size) -> torch.Tensor:
-    """log p(targets) for scored rows: hidden states (with ``head_weight``) or logits (None)."""
-    if head_weight is not None:
-        with torch.autocast(device_type=rows.device.type, enabled=False):
-            return linear_token_logps(rows.to(head_weight.dtype), head_weight, targets, chunk_size)
-    out = []
-    step = chunk_size or _LOGITS_CHUNK
-    for i in range(0, rows.shape[0], step):
-        lg = rows[i : i + step].float()
-        out.append(lg.gather(1, targets[i : i + step, None]).squeeze(1) - torch.logsumexp(lg, dim=-1))
-    return torch.cat(out) if out else rows.new_zeros(0, dtype=torch.float32)
+#: attention implementations prompt sharing is tested with (``auto`` turns it on for these only)
+TESTED_ATTENTION = ("eager", "sdpa")
+
+
+def resolve_prompt_sharing(setting, model, *, k: int, max_cache_len: int) -> dict:
+    """What ``prompt_sharing: auto | true | false`` means for this run: ``{"setting", "policy",
+    "reference", "reason"}`` -- whether the policy's training forward and the no-grad forwards
+    (reference, evaluation; eval mode) share prompts, and why not where they do not.
+
+    ``auto`` is on for K >= 2, a model type of the hidden path's list (Llama, Mistral, Qwen2 ...)
+    with eager or sdpa attention and a sliding window longer than ``max_cache_len`` (the response
+    pass's cache indices can reach ``max_prompt_length + max_length``); the policy's forward is off
+    under gradient checkpointing (which drops the prompt's cache in training mode), the no-grad
+    forwards stay on. ``True`` raises the reason (one line) where ``auto`` would turn it off."""
+    if setting not in ("auto", True, False):
+        raise ValueError(f"prompt_sharing: expected auto, true or false, got {setting!r}")
+    out = {"setting": setting, "policy": False, "reference": False, "reason": None}
+    if setting is False:
+        out["reason"] = "prompt_sharing: false"
+        return out
+    lm = causal_lm(model)
+    cfg = lm.config.get_text_config(decoder=True) if hasattr(lm.config, "get_text_config") else lm.config
+    attn = getattr(lm.config, "_attn_implementation", None)
+    reason = check_sharable(model, max_cache_len, training=False)
+    if reason is None and setting == "auto":
+        if k < 2:
+            reason = f"K = {k}: no prompt has several responses to share it"
+        elif getattr(cfg, "model_type", None) not in HIDDEN_PATH_MODEL_TYPES:
+            reason = (
+                f"model type {getattr(cfg, 'model_type', None)!r} is not one prompt sharing is tested with"
+            )
+        elif attn not in TESTED_ATTENTION:
+            reason = (
+                f"attention {attn!r} is not one prompt sharing is tested with ({', '.join(TESTED_ATTENTION)})"
+            )
+    if reason is not None:
+        if setting is True:
+            raise ValueError(f"prompt_sharing: true, but {reason}; use prompt_sharing: auto or false")
+        out["reason"] = reason
+        return out
+    out["reference"] = True
+    policy_reason = check_sharable(model, max_cache_len, training=True)
+    if policy_reason is not None:
+        if setting is True:
+            raise ValueError(f"prompt_sharing: true, but {policy_reason}; use prompt_sharing: auto or false")
+        out["reason"] = f"policy forward unshared: {policy_reason}"
+        return out
+    out["policy"] = True
+    return out
+
+
+def _response_pass(model, batch, path: str):
+    """Run the prompt pass; return the split and the response pass's keyword arguments (with the
+    expanded cache), and the resolved path."""
+    device = model_device(model)
+    sp = split_prompt_responses(batch, device)
+    K = sp.k
+    B, Tq = sp.prompt_ids.shape
+    Tr = sp.response_ids.shape[1]
+    reason = check_sharable(model, Tq + Tr)
+    if reason is not None:
+        raise ValueError(f"model: {reason}; use batch_logps without share_prompt")
+    path = resolve_path(model, path)
+    kwargs = dict(position_ids=sp.response_positions, use_cache=True)
+    if Tq == 0:  # every prompt is one token: nothing to cache
+        return sp, dict(kwargs, attention_mask=sp.response_attention), path, None
+
+    from transformers import DynamicCache
+
+    cache = DynamicCache()  # full layers: no sliding-window cropping of the prompt
+    prompt = dict(
+        input_ids=sp.prompt_ids,
+        attention_mask=sp.prompt_attention,
+        position_ids=torch.arange(Tq, device=device).expand(B, Tq),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    if path == "head":  # the model's own forward (wrappers' hooks), the head armed with no label
+        head = find_logprob_head(model)
+        with head.scoring(torch.full_like(sp.prompt_ids, IGNORE_INDEX)):
+            out = model(**prompt)
+    elif path == "hidden":
+        out = causal_lm(model).get_decoder()(**prompt)
+    else:
+        out = model(**prompt, logits_to_keep=1)
+    if getattr(out, "past_key_values", None) is not None:
+        cache = out.past_key_values
+    if cache.get_seq_length() != Tq:
+        raise RuntimeError(
+            f"model: the prompt pass cached {cache.get_seq_length()} positions, expected {Tq} "
+            "(a model or wrapper that drops past_key_values?)"
+        )
+    if K > 1:
+        cache.batch_repeat_interleave(K)
+    att = torch.cat([sp.cache_attention.repeat_interleave(K, dim=0), sp.response_attention], dim=1)
+    # The prompt pass's output (zeros from the armed head, one logit row, or the last hidden state),
+    # added to the result times 0: its backward then enters the prompt pass through the model's
+    # output, as FSDP2 and ZeRO-3 need (their pre-backward hooks, which gather each layer's weights
+    # again, sit on module outputs; the keys and values alone would reach the last layer ungathered).
+    anchor = out.logits if hasattr(out, "logits") else out[0]
+    return sp, dict(kwargs, attention_mask=att, past_key_values=cache), path, anchor
 
 
 def shared_prompt_logps(
@@ -225,102 +322,51 @@ def shared_prompt_logps(
     average: bool = False,
     path: str = "auto",
     chunk_size: int | None = None,
-) -> torch.Tensor:
+    stats: bool = False,
+):
     """Sequence log-probs ``[B, K]`` of a collated batch, each prompt run once and its keys/values
     reused by its K responses. Same numbers as :func:`ncakit.scale.forward.batch_logps` (sum of
     response-token log-probs; with ``average=True`` the mean; 0 at masked responses); gradients
     follow the caller (``torch.no_grad`` for a reference).
 
     Args:
-        model: a Llama / Mistral / Qwen-style ``*ForCausalLM`` or a peft model around one.
+        model: a Llama / Mistral / Qwen-style ``*ForCausalLM``, a peft model around one, either
+            wrapped by accelerate (DDP / FSDP2 / DeepSpeed: take the installed log-prob head).
         batch: :class:`ncakit.scale.data.KResponseCollator` output (moved to the model's device).
-        path: ``"hidden"`` (decoder + chunked head on scored positions), ``"logits"`` (the model's
-            own forward and logits), ``"auto"`` (hidden when it applies).
-        chunk_size: rows per projection / log-softmax block.
+        path / chunk_size / stats: as in :func:`ncakit.scale.forward.batch_logps`.
 
     Returns:
-        ``[B, K]`` float32.
+        ``[B, K]`` float32; with ``stats=True``, ``(seq_logps, TokenStats [B, K])``.
     """
-    if path not in ("auto", "hidden", "logits"):
-        raise ValueError(f"path: expected 'auto', 'hidden' or 'logits', got {path!r}")
-    device = model_device(model)
-    sp = split_prompt_responses(batch, device)
+    if path not in ("auto", "head", "hidden", "logits"):
+        raise ValueError(f"path: expected 'auto', 'head', 'hidden' or 'logits', got {path!r}")
     B, K = batch["mask"].shape
-    N = B * K
-    Tp, Tr = sp.prompt_ids.shape[1], sp.response_ids.shape[1]
-    lm = causal_lm(model)
-    _check_supported(lm, Tp + Tr)
-    use_hidden = path == "hidden" or (path == "auto" and _hidden_path_applies(model))
-
-    from transformers import DynamicCache
-
-    cache = DynamicCache()  # full layers: no sliding-window cropping of the prompt
-    prompt_pos = torch.arange(Tp, device=device).expand(B, Tp)
-    last = (sp.prompt_lengths - 1).clamp(min=0)  # [B]
-    if use_hidden:
-        runner = lm.get_decoder()
-        weight = lm.get_output_embeddings().weight
-        out = runner(
-            input_ids=sp.prompt_ids,
-            attention_mask=sp.prompt_attention,
-            position_ids=prompt_pos,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        h_prompt = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        last_rows = h_prompt[torch.arange(B, device=device), last]  # [B, H]
-    else:
-        weight = None
-        keep = torch.unique(last)
-        out = model(
-            input_ids=sp.prompt_ids,
-            attention_mask=sp.prompt_attention,
-            position_ids=prompt_pos,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=keep,
-        )
-        lg = out.logits if hasattr(out, "logits") else out[0]  # [B, len(keep), V]
-        col = torch.searchsorted(keep, last)
-        last_rows = lg[torch.arange(B, device=device), col]  # [B, V]
-    if getattr(out, "past_key_values", None) is not None:
-        cache = out.past_key_values
-    if cache.get_seq_length() != Tp:
-        raise RuntimeError(
-            f"model: the prompt pass cached {cache.get_seq_length()} positions, expected {Tp} "
-            "(a model or wrapper that drops past_key_values?)"
-        )
-    if K > 1:
-        cache.batch_repeat_interleave(K)
-
-    resp_att = torch.cat([sp.prompt_attention.repeat_interleave(K, dim=0), sp.response_attention], dim=1)
-    resp_pos = sp.prompt_lengths.repeat_interleave(K)[:, None] + torch.arange(Tr, device=device)[None, :]
-    kwargs = dict(
-        input_ids=sp.response_ids,
-        attention_mask=resp_att,
-        position_ids=resp_pos,
-        past_key_values=cache,
-        use_cache=True,
+    sp, kwargs, path, anchor = _response_pass(model, batch, path)
+    seq, token_stats = rows_logps(
+        model,
+        sp.response_ids,
+        kwargs.pop("attention_mask"),
+        sp.response_labels,
+        average=average,
+        path=path,
+        chunk_size=chunk_size,
+        stats=stats,
+        model_kwargs=kwargs,
     )
-    if use_hidden:
-        out = runner(**kwargs)
-        resp_rows = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    else:
-        out = model(**kwargs)
-        resp_rows = out.logits if hasattr(out, "logits") else out[0]
+    if anchor is not None and torch.is_grad_enabled():
+        seq = seq + 0.0 * anchor.float().sum()
+    mask = batch["mask"].to(seq.device)
+    seq = seq.view(B, K) * mask
+    if not stats:
+        return seq
+    return seq, token_stats.apply(lambda v: v.view(B, K)).masked(mask)
 
-    # scored rows: the last prompt position (first response token), then response positions j -> j+1
-    first_ok = sp.first_labels != IGNORE_INDEX
-    first_n = first_ok.nonzero(as_tuple=True)[0]
-    targets = sp.response_labels[:, 1:]
-    seq_idx, pos_idx = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
-    rows = torch.cat([last_rows.repeat_interleave(K, dim=0)[first_n], resp_rows[:, :-1][seq_idx, pos_idx]])
-    tgt = torch.cat([sp.first_labels[first_n], targets[seq_idx, pos_idx]])
-    tok = _score_rows(rows, tgt, weight, chunk_size)
-    owner = torch.cat([first_n, seq_idx])
-    seq = torch.zeros(N, dtype=tok.dtype, device=tok.device).index_add(0, owner, tok)
-    if average:
-        count = torch.zeros(N, dtype=tok.dtype, device=tok.device).index_add(0, owner, torch.ones_like(tok))
-        seq = seq / count.clamp(min=1)
-    seq = seq.float().view(B, K)
-    return seq * batch["mask"].to(seq.device)
+
+def shared_prompt_hidden(model, batch: Mapping[str, torch.Tensor]):
+    """The scored rows of the response pass for the fused head: ``(rows [M, H], targets [M],
+    seq_index [M], head weight [V, H])`` -- :func:`ncakit.scale.forward.rows_hidden` of the shared
+    forward (unwrapped models only, as the hidden path)."""
+    sp, kwargs, _, _ = _response_pass(model, batch, "hidden")  # unwrapped: no anchor needed
+    return rows_hidden(
+        model, sp.response_ids, kwargs.pop("attention_mask"), sp.response_labels, model_kwargs=kwargs
+    )

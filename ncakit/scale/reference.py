@@ -127,6 +127,7 @@ def reference_logps_from_adapter(
     path: str = "auto",
     eval_mode: bool = True,
     chunk_size: int | None = None,
+    share_prompt: bool = False,
 ) -> torch.Tensor:
     """Reference log-probs ``[B, K]`` from the SAME peft model with its LoRA adapter disabled.
 
@@ -140,7 +141,9 @@ def reference_logps_from_adapter(
             f"got {type(unwrap_model(model)).__name__}; without an adapter, precompute the reference instead"
         )
     with _reference_mode(model, disable_adapter=True, eval_mode=eval_mode):
-        return batch_logps(model, batch, average=average, path=path, chunk_size=chunk_size).detach()
+        return batch_logps(
+            model, batch, average=average, path=path, chunk_size=chunk_size, share_prompt=share_prompt
+        ).detach()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,6 +278,7 @@ def _forward_rows(
     progress,
     extra_forwards: int = 0,
     filler=None,
+    share_prompt: bool = False,
 ):
     """The reference forward over ``rows`` in order: (each row's K_i log-probs, sequences, tokens, seconds).
 
@@ -297,7 +301,7 @@ def _forward_rows(
     t0 = time.perf_counter()
     with _reference_mode(model, disable_adapter=disable_adapter, eval_mode=True):
         for batch in iterator:
-            logps = batch_logps(model, batch, average=average, path=path).cpu()
+            logps = batch_logps(model, batch, average=average, path=path, share_prompt=share_prompt).cpu()
             mask = batch["mask"]
             seq_tokens = batch["attention_mask"].sum(-1).view(mask.shape)
             n_seq += int(mask.sum())
@@ -312,7 +316,7 @@ def _forward_rows(
         if extra_forwards:
             spare = collate_fn(_rows_of(filler))
             for _ in range(extra_forwards):
-                batch_logps(model, spare, average=average, path=path)
+                batch_logps(model, spare, average=average, path=path, share_prompt=share_prompt)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return values, n_seq, n_tok, time.perf_counter() - t0
@@ -336,6 +340,7 @@ def precompute_reference_logps(
     on_miss: str = "compute",
     model_dtype: str | None = None,
     accelerator=None,
+    share_prompt: bool = False,
 ) -> ReferenceLogps:
     """Add a ``ref_logps`` column (K floats per row) of reference sequence log-probs, cached on disk.
 
@@ -360,7 +365,8 @@ def precompute_reference_logps(
         tokenizer / key_extra: also hashed into the key (e.g. ``{"max_length": 1024,
             "max_prompt_length": 512}``); the token ids already are, via
             :func:`data_fingerprint`.
-        average / path: as in :func:`batch_logps` (``average`` is part of the key).
+        average / path / share_prompt: as in :func:`batch_logps` (``average`` is part of the key;
+            the training script adds ``prompt_sharing`` to ``key_extra``).
         overwrite: recompute even when the cache holds a valid entry, and replace it (atomically).
         model_dtype: the dtype recorded in the key (default: the model's first parameter's).
             Pass the LOADING dtype when the same weights may sit in another dtype in a later run
@@ -464,6 +470,7 @@ def precompute_reference_logps(
             progress=show,
             extra_forwards=extra,
             filler=filler,
+            share_prompt=share_prompt,
         )
 
     blocks = _collective(accelerator, forward_block, main_only=False)
@@ -510,6 +517,8 @@ class Reference:
     ``logps(model, batch)`` gives the batch's ``[B, K]`` reference log-probs, detached."""
 
     mode: str = ""
+    #: the forward shares each prompt across its K responses (set by scale/train.py's set-up)
+    share_prompt: bool = False
 
     def prepare(self, model, train_ds, eval_ds, *, collate, tokenizer) -> tuple[Any, Any, dict]:
         return train_ds, eval_ds, {}
@@ -567,11 +576,14 @@ class PrecomputedReference(Reference):
                 else None,
                 "autocast": _numerics(accelerator),
                 "attn_implementation": cfg.attn_implementation,
+                # the shared forward equals the unshared one to round-off, not bit for bit
+                "prompt_sharing": self.share_prompt,
             },
             average=cfg.average_logps,
             model_dtype=cfg.torch_dtype,  # the loading dtype: DeepSpeed may recast the weights
             accelerator=accelerator,
             progress=cfg.progress and accelerator.is_main_process,
+            share_prompt=self.share_prompt,
         )
         # the prepared model's own forward (accelerate's autocast, FSDP2's MixedPrecisionPolicy,
         # DeepSpeed's bf16), exactly as the training step calls it
@@ -591,7 +603,9 @@ class AdapterReference(Reference):
         self.average = average
 
     def logps(self, model, batch):
-        return reference_logps_from_adapter(model, batch, average=self.average)
+        return reference_logps_from_adapter(
+            model, batch, average=self.average, share_prompt=self.share_prompt
+        )
 
 
 class ModelReference(Reference):
@@ -614,7 +628,7 @@ class ModelReference(Reference):
 
     @torch.no_grad()
     def logps(self, model, batch):
-        return batch_logps(self.model, batch, average=self.average)
+        return batch_logps(self.model, batch, average=self.average, share_prompt=self.share_prompt)
 
 
 def make_reference(cfg: TrainConfig, accelerator) -> Reference:

@@ -92,9 +92,10 @@ from ncakit.scale.data import (
     tokenize_k_dataset,
 )
 from ncakit.scale.fingerprint import resume_checked, run_fingerprint
-from ncakit.scale.forward import batch_logps
+from ncakit.scale.forward import batch_logps, fused_batch_loss
 from ncakit.scale.launch import make_accelerator, outside_zero_init
 from ncakit.scale.model import build_optimizer, load_model, load_tokenizer
+from ncakit.scale.prefix import resolve_prompt_sharing
 from ncakit.scale.reference import Reference, make_reference
 from ncakit.scale.runlock import claim_output_dir
 from ncakit.scale.stepcheck import check_step
@@ -168,6 +169,8 @@ class Run:
     # this step's (micro-batch, per-prompt loss, rewards), named in the non-finite error
     step_rows: list = field(default_factory=list)
     stop_requested: bool = False  # a signal reached some process: checkpoint after this step and stop
+    # prompt_sharing resolved (ncakit.scale.prefix.resolve_prompt_sharing): policy / reference / reason
+    sharing: dict = field(default_factory=lambda: {"policy": False, "reference": False})
 
     def log(self, values: dict, step: int) -> None:
         self.accelerator.log(values, step=step)
@@ -309,6 +312,12 @@ def set_up(cfg: TrainConfig, accelerator=None) -> tuple[Run, Data]:
     yet (:func:`prepare_model` does that)."""
     original = cfg
     accelerator = accelerator if accelerator is not None else make_accelerator(cfg)
+    if cfg.fused_loss_head and accelerator.num_processes > 1:
+        raise ValueError(
+            f"fused_loss_head: true runs in a single process, got {accelerator.num_processes} processes "
+            "(the fused head forms the head's gradient outside the model's forward, where DDP / FSDP2 / "
+            "ZeRO-3 would not synchronise or gather it); use fused_loss_head: false"
+        )
     seed_everything(cfg.seed)
     if accelerator.is_main_process:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -320,7 +329,14 @@ def set_up(cfg: TrainConfig, accelerator=None) -> tuple[Run, Data]:
     model = load_model(cfg, accelerator)
     data.collate = KResponseCollator(tokenizer.pad_token_id, k=data.k)
     run = Run(cfg, accelerator, model, tokenizer, reference, loss_fn, original=original)
-    run.info = {"config": cfg.to_dict(), "data": data.stats, "k": data.k}
+    # the response pass's cache indices reach (longest prompt - 1) + (1 + longest response)
+    run.sharing = resolve_prompt_sharing(
+        cfg.prompt_sharing, model, k=data.k, max_cache_len=cfg.max_prompt_length + cfg.max_length
+    )
+    reference.share_prompt = run.sharing["reference"]
+    if accelerator.is_main_process:
+        logger.info("prompt sharing: %s", run.sharing)
+    run.info = {"config": cfg.to_dict(), "data": data.stats, "k": data.k, "prompt_sharing": run.sharing}
     return run, data
 
 
@@ -433,13 +449,36 @@ def prepare_training(run: Run, data: Data, resume_path: Path | None) -> None:
 
 
 def compute_loss(
-    model, batch, cfg: TrainConfig, loss_fn, reference: Reference, *, validate: bool = True
-) -> tuple[LossOutput, torch.Tensor, torch.Tensor, TokenStats]:
+    model,
+    batch,
+    cfg: TrainConfig,
+    loss_fn,
+    reference: Reference,
+    *,
+    validate: bool = True,
+    share_prompt: bool = False,
+) -> tuple[LossOutput, torch.Tensor, torch.Tensor, TokenStats | None]:
     """One batch -> ``(loss output, policy_logps [B, K], ref_logps [B, K], the policy's TokenStats
-    [B, K])`` (no-grad token metrics from the policy's chunks; none from the reference).
-    ``validate``: the loss's input checks (host syncs; see the module docstring)."""
+    [B, K])`` (no-grad token metrics from the policy's chunks; none from the reference; None under
+    ``fused_loss_head``). ``validate``: the loss's input checks (host syncs; see the module
+    docstring); ``share_prompt``: the policy's forward shares each prompt across its K responses."""
     ref_logps = reference.logps(model, batch)
-    policy_logps, stats = batch_logps(model, batch, average=cfg.average_logps, stats=True)  # [B, K], grad
+    if cfg.fused_loss_head:
+        out, policy = fused_batch_loss(
+            model,
+            batch,
+            ref_logps,
+            cfg.loss,
+            beta=cfg.beta,
+            loss_kwargs=cfg.loss_kwargs,
+            average=cfg.average_logps,
+            validate=validate,
+            share_prompt=share_prompt,
+        )
+        return out, policy, ref_logps.to(policy.device, torch.float32), None
+    policy_logps, stats = batch_logps(
+        model, batch, average=cfg.average_logps, stats=True, share_prompt=share_prompt
+    )  # [B, K], grad
     ref_logps = ref_logps.to(policy_logps.device, torch.float32)
     rewards, mask = batch["rewards"].to(policy_logps.device), batch["mask"].to(policy_logps.device)
     out = loss_fn(
@@ -464,7 +503,15 @@ def train_step(run: Run, batch, *, validate: bool) -> tuple[LossOutput, torch.Te
         run.nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
     applied = True
     with accelerator.accumulate(model):
-        out, policy, _, stats = compute_loss(model, batch, cfg, run.loss_fn, run.reference, validate=validate)
+        out, policy, _, stats = compute_loss(
+            model,
+            batch,
+            cfg,
+            run.loss_fn,
+            run.reference,
+            validate=validate,
+            share_prompt=run.sharing["policy"],
+        )
         loss = out.loss.detach()
         run.nonfinite |= ~torch.isfinite(loss).all()
         run.step_rows.append((run.state.batches_in_epoch, loss, batch["rewards"]))
@@ -492,7 +539,13 @@ def evaluate(run: Run) -> dict[str, float]:
     window = MetricsWindow()
     for i, batch in enumerate(run.eval_loader):
         out, policy, _, stats = compute_loss(
-            model, batch, run.cfg, run.loss_fn, run.reference, validate=i == 0
+            model,
+            batch,
+            run.cfg,
+            run.loss_fn,
+            run.reference,
+            validate=i == 0,
+            share_prompt=run.sharing["reference"],  # eval mode, no grad: as the reference
         )
         # gather_for_metrics drops the samples added to even out the last batch
         window.append(accelerator.gather_for_metrics(MetricsWindow.rows(out, policy, batch, stats)))
