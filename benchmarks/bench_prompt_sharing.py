@@ -104,16 +104,18 @@ def measure(model, batch, repeats: int, unit: str = "fwdbwd") -> dict:
             opt.zero_grad(set_to_none=True)
         else:
             (logps * weights).sum().backward()
-        return (time.perf_counter() - t0, time.process_time() - c0), logps.detach()
+        return time.perf_counter() - t0, time.process_time() - c0
 
-    out = {name: step(name)[1] for name in names}  # warm-up (and the values, compared below)
-    for name in names:  # a second warm-up: the first steps of a shape still allocate
-        step(name)
+    with torch.no_grad():  # the values, compared below, on the same weights (no step between)
+        out = {name: batch_logps(model, batch, share_prompt=name == "shared") for name in names}
+    for _ in range(2):  # two warm-ups: the first steps of a shape still allocate
+        for name in names:
+            step(name)
     times = {name: [] for name in names}
     cpu = {name: [] for name in names}
     for _ in range(repeats):
         for name in names:
-            wall, used = step(name)[0]
+            wall, used = step(name)
             times[name].append(wall)
             cpu[name].append(used)
     med = {name: statistics.median(t) for name, t in times.items()}

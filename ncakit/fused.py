@@ -1,6 +1,7 @@
 """A fused LM head + loss: the per-prompt loss computed inside the head, chunked over prompts.
 
-Opt-in, for a trainable LM head (it also runs with a frozen one). Where
+Opt-in, for a trainable LM head (it also runs with a frozen one): ``fused_loss_head: true`` in
+``scale/train.py`` (through :func:`ncakit.scale.forward.fused_batch_loss`). Where
 :func:`ncakit.logprobs.sequence_logps_from_hidden` followed by a loss keeps only the logsumexp in its
 forward and recomputes every chunk's logits in the backward (4 [tokens x V x H] matmuls), the
 fused head has the loss at hand while a chunk's logits exist, so it forms the gradients at once,

@@ -383,3 +383,21 @@ def test_fused_head_variants_agree_in_values_and_gradients():
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=variant)
     with pytest.raises(ValueError, match="variant"):
         fused._split("naive@64")  # only the fused head takes a chunk size
+
+
+def test_prompt_sharing_benchmark_smoke(tmp_path):
+    """bench_prompt_sharing.py on a tiny shape, both units: the shared and unshared log-probs agree to
+    float32 round-off (the same weights, before any step), and the targets name their unit."""
+    bench = _load("bench_prompt_sharing")
+    out = tmp_path / "ps.json"
+    argv = ["--hidden", "32", "--layers", "1", "--vocab", "64", "--shapes", "8x8x1", "6x5x2",
+            "--ks", "4", "--repeats", "1", "--out", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    d = json.loads(out.read_text())
+    assert {r["unit"] for r in d["rows"]} == {"step", "fwdbwd"}
+    for r in d["rows"]:
+        assert r["max_abs_logp_diff"] <= 1e-5 * r["max_abs_logp"], r
+        assert r["tokens_ratio"] == pytest.approx(
+            4 * (r["prompt_len"] + r["response_len"]) / (r["prompt_len"] + 4 * r["response_len"])
+        )
+    assert all(t["unit"] == "step" for t in d["targets"])

@@ -236,10 +236,10 @@ def test_split_layout():
 def test_refusals():
     model = _model("llama", "eager", seed=16)
     batch = _batch(seed=17)
-    model.gradient_checkpointing_enable()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     model.train()
     with pytest.raises(
-        ValueError, match="^model: prompt sharing is not supported with gradient checkpointing"
+        ValueError, match="^model: prompt sharing is not supported with reentrant gradient checkpointing"
     ):
         shared_prompt_logps(model, batch)
     small = MistralForCausalLM(
@@ -287,3 +287,27 @@ def test_every_prompt_one_token_and_k_one_rows():
         _assert_close_rel(
             batch_logps(model, batch, share_prompt=True), batch_logps(model, batch, path="logits")
         )
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_gradient_checkpointing_values_and_gradients(family):
+    """Non-reentrant checkpointing in training mode (the training script's; QLoRA's): the checkpointed
+    layers keep the prompt's cache (written once, read only by the responses), so the recomputation
+    in the backward sees what the forward saw: values and every gradient equal the unshared path's,
+    through the installed log-prob head as in training."""
+    base = _model(family, "sdpa", seed=26).train()
+    shared = copy.deepcopy(base)
+    install_logprob_head(shared)
+    shared.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert shared.model.layers[0].gradient_checkpointing is True
+    batch = _batch(seed=27)
+    weights = torch.randn(batch["mask"].shape, generator=torch.Generator().manual_seed(28))
+    want = batch_logps(base, batch, path="logits")
+    got = batch_logps(shared, batch, share_prompt=True)
+    _assert_close_rel(got, want, what="values")
+    (want * weights).sum().backward()
+    (got * weights).sum().backward()
+    for (name, pa), (_, pb) in zip(base.named_parameters(), shared.named_parameters()):
+        _assert_close_rel(pb.grad, pa.grad, what=name)
+    # the flag HF's checkpointed layers read is back to the class's own after the call
+    assert "_can_checkpoint_with_cache" not in shared.model.layers[0].__dict__

@@ -110,16 +110,26 @@ def test_prompt_sharing_with_lora_and_the_adapter_reference(kit, tmp_path):
     assert max_weight_diff(weights(a), weights(b)) <= TOL
 
 
-def test_gradient_checkpointing_auto_keeps_the_policy_unshared(kit, plain, tmp_path):
+def test_gradient_checkpointing_shares_too_and_reentrant_does_not(kit, plain, tmp_path):
     result, info = run(kit, tmp_path / "gc", "--gradient_checkpointing", "true")
+    assert info["prompt_sharing"] == {"setting": "auto", "policy": True, "reference": True, "reason": None}
+    assert max_log_diff(plain[0].history, result.history) <= TOL
+    assert max_weight_diff(weights(plain[0]), weights(result)) <= TOL
+    reentrant = [
+        "--gradient_checkpointing",
+        "true",
+        "--gradient_checkpointing_kwargs",
+        "{use_reentrant: true}",
+    ]
+    result, info = run(kit, tmp_path / "reentrant", *reentrant)
     sharing = info["prompt_sharing"]
     assert sharing["policy"] is False and sharing["reference"] is True
-    assert "gradient checkpointing" in sharing["reason"]
+    assert "reentrant gradient checkpointing" in sharing["reason"]
     assert max_log_diff(plain[0].history, result.history) <= TOL
     with pytest.raises(
-        ValueError, match=r"^prompt_sharing: true, but prompt sharing is not supported with gradient"
+        ValueError, match=r"^prompt_sharing: true, but prompt sharing is not supported with reentrant"
     ):
-        run(kit, tmp_path / "gc-true", "--gradient_checkpointing", "true", "--prompt_sharing", "true")
+        run(kit, tmp_path / "reentrant-true", *reentrant, "--prompt_sharing", "true")
 
 
 def test_prompt_sharing_values(tmp_path):

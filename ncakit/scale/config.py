@@ -68,7 +68,7 @@ class TrainConfig:
         "auto",
         "run each prompt once and reuse its keys/values for its K responses (ncakit.scale.prefix; the same "
         "log-probs to fp32 round-off, fewer tokens): auto = on for K >= 2 with eager/sdpa attention and "
-        "no binding sliding window, off for the policy under gradient checkpointing (the reason goes to "
+        "no binding sliding window, off for the policy under reentrant gradient checkpointing (the reason goes to "
         "run.json); true = on or stop with the reason; false = off",
     )
     fused_loss_head: bool = _f(

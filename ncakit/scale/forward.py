@@ -437,7 +437,7 @@ def batch_logps(
             tokens, taken from each chunk's logits on every path; 0 at masked responses).
         share_prompt: run each prompt once and reuse its keys/values for its K responses
             (:func:`ncakit.scale.prefix.shared_prompt_logps`: the same numbers to fp32 round-off,
-            fewer tokens; refused with one line under gradient checkpointing in training mode or a
+            fewer tokens; refused with one line under reentrant gradient checkpointing or a
             binding sliding window).
 
     Returns:

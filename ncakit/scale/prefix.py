@@ -32,10 +32,16 @@ How a collated batch is split (rows are right-padded, prompt-major, row ``b*K + 
   ordinary labelled forward, and every path of :func:`ncakit.scale.forward.rows_logps` applies to
   it unchanged: the installed log-prob head (through DDP / FSDP2 / ZeRO-3 wrappers), the hidden
   path, the logits path; token statistics; ``average``.
+- gradient checkpointing (non-reentrant, the training script's and QLoRA's): HF's checkpointed
+  layers drop ``past_key_values`` unless their flag ``_can_checkpoint_with_cache`` says the cache is
+  safe to replay, which is set for the two passes: the prompt pass's cache layers store on the first
+  ``update`` only (the recomputation in the backward gets its own keys/values back), the response
+  pass's are read only (the prompt's keys/values followed by the new ones, nothing stored), so every
+  recomputed layer sees what its forward saw.
 
 Limits (refused with one line each; ``prompt_sharing: auto`` in the training script resolves to off
-in these cases, saying why): gradient checkpointing in training mode (HF drops ``past_key_values``
-inside checkpointed layers); a sliding window shorter than ``Tq + Tr`` (the window would count
+in these cases, saying why): reentrant gradient checkpointing (``use_reentrant: true`` hides the
+cache from the recomputed layers); a sliding window shorter than ``Tq + Tr`` (the window would count
 right-padded cache indices, not positions; where the window never binds, Mistral is exact).
 
 Example::
@@ -47,6 +53,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import torch
@@ -187,16 +194,77 @@ def split_prompt_responses(batch: Mapping[str, torch.Tensor], device=None) -> Pr
     )
 
 
+def _reentrant(module) -> bool:
+    """Whether ``module``'s checkpoint function (HF's ``functools.partial(checkpoint, ...)``) is reentrant."""
+    fn = getattr(module, "_gradient_checkpointing_func", None)
+    kw = getattr(fn, "keywords", None) or {}
+    return bool(kw.get("use_reentrant", fn is not None and not kw))
+
+
+class _PromptLayer:
+    """Mixin of the prompt pass's cache layers: the first ``update`` stores the prompt's keys/values
+    (as DynamicLayer does); a later one is the recomputation of a checkpointed layer in the backward,
+    which gets its own keys/values back and stores nothing (the stored ones were already used)."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if getattr(self, "_stored", False):
+            return key_states, value_states
+        self._stored = True
+        return super().update(key_states, value_states, *args, **kwargs)
+
+
+class _PrefixLayer:
+    """Mixin of the response pass's cache layers: read only. ``update`` returns the prompt's
+    keys/values followed by the new ones and stores nothing, so the recomputation of a checkpointed
+    layer in the backward sees exactly what its forward saw."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+def _layer_classes():
+    from transformers.cache_utils import DynamicLayer
+
+    prompt = type("PromptCacheLayer", (_PromptLayer, DynamicLayer), {})
+    prefix = type("PrefixCacheLayer", (_PrefixLayer, DynamicLayer), {})
+    return prompt, prefix
+
+
+class _CacheThroughCheckpoints:
+    """Let HF's checkpointed decoder layers keep ``past_key_values`` (their class flag
+    ``_can_checkpoint_with_cache``, meant for layers that only read the cache; here the prompt
+    layers' writes are idempotent and the response layers' read only) for the two passes."""
+
+    def __init__(self, lm):
+        self.layers = [m for m in lm.modules() if getattr(m, "gradient_checkpointing", False) is True]
+
+    def __enter__(self):
+        self.saved = [m.__dict__.get("_can_checkpoint_with_cache") for m in self.layers]
+        for m in self.layers:
+            m._can_checkpoint_with_cache = True
+        return self
+
+    def __exit__(self, *exc):
+        for m, v in zip(self.layers, self.saved):
+            if v is None:
+                m.__dict__.pop("_can_checkpoint_with_cache", None)
+            else:
+                m._can_checkpoint_with_cache = v
+        return False
+
+
 def check_sharable(model, total_len: int | None = None, *, training: bool | None = None) -> str | None:
     """Why ``model`` cannot share prompts (one line), or None when it can. ``total_len``: cache
     indices of the response pass (``Tq + Tr``); ``training``: the mode the forward runs in (default:
     the model's own)."""
     lm = causal_lm(model)
     training = lm.training if training is None else training
-    if training and any(getattr(m, "gradient_checkpointing", False) is True for m in lm.modules()):
+    if training and any(
+        _reentrant(m) for m in lm.modules() if getattr(m, "gradient_checkpointing", False) is True
+    ):
         return (
-            "prompt sharing is not supported with gradient checkpointing in training mode "
-            "(HF drops past_key_values inside checkpointed layers)"
+            "prompt sharing is not supported with reentrant gradient checkpointing (use_reentrant: true "
+            "hides the prompt's keys and values from the recomputed layers); use the default use_reentrant: false"
         )
     cfg = lm.config.get_text_config(decoder=True) if hasattr(lm.config, "get_text_config") else lm.config
     window = getattr(cfg, "sliding_window", None)
@@ -224,8 +292,8 @@ def resolve_prompt_sharing(setting, model, *, k: int, max_cache_len: int) -> dic
     ``auto`` is on for K >= 2, a model type of the hidden path's list (Llama, Mistral, Qwen2 ...)
     with eager or sdpa attention and a sliding window longer than ``max_cache_len`` (the response
     pass's cache indices can reach ``max_prompt_length + max_length``); the policy's forward is off
-    under gradient checkpointing (which drops the prompt's cache in training mode), the no-grad
-    forwards stay on. ``True`` raises the reason (one line) where ``auto`` would turn it off."""
+    under reentrant gradient checkpointing (``use_reentrant: true``), the no-grad forwards stay on.
+    ``True`` raises the reason (one line) where ``auto`` would turn it off."""
     if setting not in ("auto", True, False):
         raise ValueError(f"prompt_sharing: expected auto, true or false, got {setting!r}")
     out = {"setting": setting, "policy": False, "reference": False, "reason": None}
@@ -277,11 +345,14 @@ def _response_pass(model, batch, path: str):
     path = resolve_path(model, path)
     kwargs = dict(position_ids=sp.response_positions, use_cache=True)
     if Tq == 0:  # every prompt is one token: nothing to cache
-        return sp, dict(kwargs, attention_mask=sp.response_attention), path, None
+        return sp, dict(kwargs, attention_mask=sp.response_attention), path, None, contextlib.nullcontext()
 
     from transformers import DynamicCache
 
+    prompt_layer, prefix_layer = _layer_classes()
     cache = DynamicCache()  # full layers: no sliding-window cropping of the prompt
+    cache.layer_class_to_replicate = prompt_layer
+    through = _CacheThroughCheckpoints(causal_lm(model))
     prompt = dict(
         input_ids=sp.prompt_ids,
         attention_mask=sp.prompt_attention,
@@ -289,30 +360,38 @@ def _response_pass(model, batch, path: str):
         past_key_values=cache,
         use_cache=True,
     )
-    if path == "head":  # the model's own forward (wrappers' hooks), the head armed with no label
-        head = find_logprob_head(model)
-        with head.scoring(torch.full_like(sp.prompt_ids, IGNORE_INDEX)):
-            out = model(**prompt)
-    elif path == "hidden":
-        out = causal_lm(model).get_decoder()(**prompt)
-    else:
-        out = model(**prompt, logits_to_keep=1)
+    with through:
+        if path == "head":  # the model's own forward (wrappers' hooks), the head armed with no label
+            head = find_logprob_head(model)
+            with head.scoring(torch.full_like(sp.prompt_ids, IGNORE_INDEX)):
+                out = model(**prompt)
+        elif path == "hidden":
+            out = causal_lm(model).get_decoder()(**prompt)
+        else:
+            out = model(**prompt, logits_to_keep=1)
     if getattr(out, "past_key_values", None) is not None:
         cache = out.past_key_values
-    if cache.get_seq_length() != Tq:
+    if cache.get_seq_length() != Tq or not all(isinstance(layer, prompt_layer) for layer in cache.layers):
         raise RuntimeError(
             f"model: the prompt pass cached {cache.get_seq_length()} positions, expected {Tq} "
-            "(a model or wrapper that drops past_key_values?)"
+            "(a model or wrapper that drops or replaces past_key_values?)"
         )
-    if K > 1:
-        cache.batch_repeat_interleave(K)
+    prefix = DynamicCache()  # the response pass's: the prompt's keys/values repeated K times, read only
+    for layer in cache.layers:
+        ro = prefix_layer()
+        ro.lazy_initialization(layer.keys, layer.values)
+        ro.keys = layer.keys.repeat_interleave(K, dim=0) if K > 1 else layer.keys
+        ro.values = layer.values.repeat_interleave(K, dim=0) if K > 1 else layer.values
+        prefix.layers.append(ro)
+    prefix.layer_class_to_replicate = None
+    cache = prefix
     att = torch.cat([sp.cache_attention.repeat_interleave(K, dim=0), sp.response_attention], dim=1)
     # The prompt pass's output (zeros from the armed head, one logit row, or the last hidden state),
     # added to the result times 0: its backward then enters the prompt pass through the model's
     # output, as FSDP2 and ZeRO-3 need (their pre-backward hooks, which gather each layer's weights
     # again, sit on module outputs; the keys and values alone would reach the last layer ungathered).
     anchor = out.logits if hasattr(out, "logits") else out[0]
-    return sp, dict(kwargs, attention_mask=att, past_key_values=cache), path, anchor
+    return sp, dict(kwargs, attention_mask=att, past_key_values=cache), path, anchor, through
 
 
 def shared_prompt_logps(
@@ -341,18 +420,19 @@ def shared_prompt_logps(
     if path not in ("auto", "head", "hidden", "logits"):
         raise ValueError(f"path: expected 'auto', 'head', 'hidden' or 'logits', got {path!r}")
     B, K = batch["mask"].shape
-    sp, kwargs, path, anchor = _response_pass(model, batch, path)
-    seq, token_stats = rows_logps(
-        model,
-        sp.response_ids,
-        kwargs.pop("attention_mask"),
-        sp.response_labels,
-        average=average,
-        path=path,
-        chunk_size=chunk_size,
-        stats=stats,
-        model_kwargs=kwargs,
-    )
+    sp, kwargs, path, anchor, through = _response_pass(model, batch, path)
+    with through:
+        seq, token_stats = rows_logps(
+            model,
+            sp.response_ids,
+            kwargs.pop("attention_mask"),
+            sp.response_labels,
+            average=average,
+            path=path,
+            chunk_size=chunk_size,
+            stats=stats,
+            model_kwargs=kwargs,
+        )
     if anchor is not None and torch.is_grad_enabled():
         seq = seq + 0.0 * anchor.float().sum()
     mask = batch["mask"].to(seq.device)
@@ -366,7 +446,8 @@ def shared_prompt_hidden(model, batch: Mapping[str, torch.Tensor]):
     """The scored rows of the response pass for the fused head: ``(rows [M, H], targets [M],
     seq_index [M], head weight [V, H])`` -- :func:`ncakit.scale.forward.rows_hidden` of the shared
     forward (unwrapped models only, as the hidden path)."""
-    sp, kwargs, _, _ = _response_pass(model, batch, "hidden")  # unwrapped: no anchor needed
-    return rows_hidden(
-        model, sp.response_ids, kwargs.pop("attention_mask"), sp.response_labels, model_kwargs=kwargs
-    )
+    sp, kwargs, _, _, through = _response_pass(model, batch, "hidden")  # unwrapped: no anchor needed
+    with through:
+        return rows_hidden(
+            model, sp.response_ids, kwargs.pop("attention_mask"), sp.response_labels, model_kwargs=kwargs
+        )

@@ -25,7 +25,10 @@ the same call the toy bandits and the tutorials make (MATH.md, the losses by nam
   one forward over the B·K sequences; ``[B, K]`` rewards and mask.
 - Log-probs (:mod:`ncakit.scale.forward`): the model's LM head is swapped for a ``LogprobHead``
   before ``prepare``, so the forward runs through the DDP / FSDP2 / ZeRO-3 wrapper as usual and
-  returns per-token log-probs of the response positions instead of ``[N, T, V]`` logits.
+  returns per-token log-probs of the response positions instead of ``[N, T, V]`` logits. With
+  ``prompt_sharing`` (resolved once, into ``run.json``) each prompt runs once and its keys/values
+  serve its K responses (:mod:`ncakit.scale.prefix`); with ``fused_loss_head`` the head and the loss
+  are computed together (:mod:`ncakit.fused`, single process).
 - Reference (:mod:`ncakit.scale.reference`): chosen once from ``cfg.reference`` -- precomputed and
   cached, the adapter-disabled policy, or a frozen copy -- and asked for ``[B, K]`` per batch.
 - Metrics (:mod:`ncakit.scale.tracking`): TRL names over every prompt of the logging window,
@@ -45,7 +48,8 @@ reference's in the ``adapter`` / ``model`` modes) reads its response positions o
 before the optimizer step, one reduce of the stop flag and the step's loss and gradient-norm
 finiteness, read together (with ``max_grad_norm: 0`` the norm comes from ``clip_grad_norm_(inf)``,
 which scales every gradient by exactly 1). Logging steps add the token count and the metrics,
-evaluation its own; a checkpoint adds one finiteness reduce of the weights.
+evaluation its own; a checkpoint adds one finiteness reduce of the weights. A shared-prompt forward
+reads its split's lengths and checks that the K rows repeat their prompt (a few reads per forward).
 
 Bad configurations fail before any model is loaded where possible (see :mod:`ncakit.scale.config`);
 a pairwise loss on K > 2 data fails right after the data is read.
