@@ -296,7 +296,7 @@ def worker(a, mode: str, k: int) -> dict:
 
     from ncakit.losses import nca
     from ncakit.scale.data import KResponseCollator
-    from ncakit.scale.forward import batch_logps, install_logprob_head
+    from ncakit.scale.forward import batch_logps, fused_batch_loss, install_logprob_head
     from ncakit.scale.model import enable_checkpointing
     from ncakit.scale.reference import reference_logps_from_adapter
 
@@ -375,23 +375,31 @@ def worker(a, mode: str, k: int) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    share = bool(getattr(a, "prompt_sharing", False))
+    fused = bool(getattr(a, "fused_head", False))
+    if fused and mode == "fsdp2":
+        raise ValueError("fused_head: single process, unwrapped models only (not fsdp2)")
     fixed_ref = None
     if mode not in LORA_MODES:  # the initial model is the reference: one no-grad forward, not timed
         model.eval()
         with torch.no_grad(), autocast():
-            fixed_ref = batch_logps(model, batch).detach()
+            fixed_ref = batch_logps(model, batch, share_prompt=share).detach()
         model.train()
 
     losses, logratio = [], []
 
     def step():
-        if fixed_ref is None:
-            ref = reference_logps_from_adapter(model, batch)  # adapter disabled, no grad, [B, K]
+        if fixed_ref is None:  # adapter disabled, no grad, [B, K]
+            ref = reference_logps_from_adapter(model, batch, share_prompt=share)
         else:
             ref = fixed_ref
         with autocast():
-            policy = batch_logps(model, batch)  # [B, K] fp32
-        out = nca(policy, ref, batch["rewards"], beta=0.1, mask=batch["mask"])
+            if fused:  # the head and the loss together (ncakit.fused), fp32 head outside autocast
+                out, policy = fused_batch_loss(model, batch, ref, "nca", beta=0.1, share_prompt=share)
+            else:
+                policy = batch_logps(model, batch, share_prompt=share)  # [B, K] fp32
+        if not fused:
+            out = nca(policy, ref, batch["rewards"], beta=0.1, mask=batch["mask"])
         loss = out.loss.mean()
         loss.backward()
         opt.step()
@@ -455,6 +463,9 @@ def worker(a, mode: str, k: int) -> dict:
         "params": n_params,
         "trainable_params": n_trainable,
         "gradient_checkpointing": gc,
+        # the FLOPs below are the unshared step's either way: with prompt sharing, MFU is "effective"
+        "prompt_sharing": share,
+        "fused_head": fused,
         "attn_implementation": a.attn,
         "device": name,
         "versions": versions(),
@@ -503,6 +514,10 @@ def worker_command(a, mode: str, k: int) -> list[str]:
         cmd += ["--tmpdir", str(a.tmpdir)]
     if getattr(a, "tiny", False):
         cmd.append("--tiny")
+    if getattr(a, "prompt_sharing", False):
+        cmd.append("--prompt-sharing")
+    if getattr(a, "fused_head", False):
+        cmd.append("--fused-head")
     if a.cpu_smoke:
         cmd.append("--cpu-smoke")
     return cmd
@@ -528,6 +543,16 @@ def build_parser(description: str | None = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--attn", default="sdpa", help="attn_implementation: sdpa, flash_attention_2, eager")
     p.add_argument("--no-gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--prompt-sharing",
+        action="store_true",
+        help="batch_logps(share_prompt=True) for the policy and the reference (scale/train.py's prompt_sharing)",
+    )
+    p.add_argument(
+        "--fused-head",
+        action="store_true",
+        help="the LM head and the NCA loss fused (ncakit.fused; scale/train.py's fused_loss_head)",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, TFLOP/s")
     p.add_argument("--tmpdir", default=None, help="where qlora writes its temporary bf16 checkpoint")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shape on CPU, prints only (tests)")

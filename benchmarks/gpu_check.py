@@ -12,6 +12,11 @@ What it runs, in this order, each in its own fresh subprocess (so each peak memo
        qlora   the same 7B, 4-bit nf4 (bitsandbytes) QLoRA at 1 prompt x K 4 x 1024 tokens: ONE 7B build
        full1b  full fine-tuning of a 1.1B shape (TinyLlama's), fp32 master weights + bf16 autocast
        fsdp2   the same 1.1B under FSDP2 ``fully_shard`` on a one-process group
+  3. issue 18's speed options on GPU, only if the budget leaves time (else skipped, not an error):
+       lora_shared   ``lora`` with ``--prompt-sharing`` (policy and reference share each prompt)
+       full1b_fused  ``full1b`` with ``--fused-head`` (the LM head and the NCA loss fused)
+     each reported as a speed-up over its plain mode (``speedups`` in gpu_check.json); only the step-0
+     target is judged on them (their FLOPs are counted as the plain mode's).
   with a per-mode timeout and an overall deadline (``--budget-s``, default 480 s): a mode that would
   start with less than 20 s left is not run. Then it prints a table (mode, s/step, tokens/s, MFU, peak
   GiB, step-0 loss, targets met), writes ``benchmarks/results/gpu_<mode>.json`` (one per mode of the run,
@@ -54,7 +59,10 @@ import bench_gpu_step as bench  # noqa: E402
 from _common import RESULTS, machine_info, write_result  # noqa: E402
 
 K = 4
-MODES = ["lora", "qlora", "full1b", "fsdp2"]
+MODES = ["lora", "qlora", "full1b", "fsdp2", "lora_shared", "full1b_fused"]
+# Issue 18's GPU versions, after the acceptance modes and only if the budget leaves time (else skipped,
+# not an error): a mode of bench_gpu_step with one speed option on, compared with its plain mode.
+EXTRA = {"lora_shared": ("lora", "prompt_sharing"), "full1b_fused": ("full1b", "fused_head")}
 # Per-mode settings, sized for the 8-minute budget on one H100/H200 (7B random init on the GPU ~10-30 s;
 # qlora also saves and re-loads the 7B in 4-bit, the slowest set-up). Step 0 is the first warm-up step.
 PLAN = {
@@ -62,6 +70,8 @@ PLAN = {
     "qlora": dict(prompts=1, steps=3, warmup=1, timeout_s=240),
     "full1b": dict(prompts=4, steps=5, warmup=2, timeout_s=100),
     "fsdp2": dict(prompts=4, steps=5, warmup=2, timeout_s=100),
+    "lora_shared": dict(prompts=4, steps=4, warmup=2, timeout_s=150),
+    "full1b_fused": dict(prompts=4, steps=5, warmup=2, timeout_s=100),
 }
 DEFAULT_PYTEST_ARGS = "-m gpu tests -q -p no:cacheprovider"
 PREREQUISITES = ("ncakit", "transformers", "peft", "datasets", "pytest")  # what every worker imports
@@ -148,9 +158,14 @@ def run_mode(args, mode: str, remaining: float, env: dict) -> dict:
             "skipped": "bitsandbytes is not installed (pip install -e '.[quant]' on this GPU machine)"
         }
     if remaining < MIN_START_S:
+        if mode in EXTRA:
+            return base | {"skipped": f"not run: {remaining:.0f} s left of the overall budget"}
         return base | {"error": f"not run: {remaining:.0f} s left of the overall budget"}
     a = mode_args(args, mode)
-    cmd = bench.worker_command(a, mode, K)
+    bench_mode, option = EXTRA.get(mode, (mode, None))
+    if option:
+        setattr(a, option, True)
+    cmd = bench.worker_command(a, bench_mode, K)
     limit = min(PLAN[mode]["timeout_s"] * (1 if not args.cpu_smoke else 2), remaining)
     r = run_bounded(cmd, limit, env)
     base["wall_s"] = r["seconds"]
@@ -162,7 +177,19 @@ def run_mode(args, mode: str, remaining: float, env: dict) -> dict:
         row = bench.parse_worker_output(r["stdout"])
     except ValueError as e:
         return base | {"error": str(e), "tail": _tail(r["stdout"], 5) + _tail(r["stderr"], 5)}
-    return row | {"wall_s": r["seconds"]}
+    if option:  # judged on step 0 only: the MFU target belongs to the plain mode (unshared FLOPs)
+        row["targets"] = {n: (v if n == "step0_loss==2ln2" else None) for n, v in row["targets"].items()}
+    return row | {"mode": mode, "bench_mode": bench_mode, "wall_s": r["seconds"]}
+
+
+def speedups(rows: list[dict]) -> dict:
+    """s/step of each plain mode over its EXTRA mode's (> 1: the option is faster), where both ran."""
+    by = {r["mode"]: r for r in rows if "step_s" in r}
+    return {
+        name: by[plain]["step_s"]["median"] / by[name]["step_s"]["median"]
+        for name, (plain, _) in EXTRA.items()
+        if name in by and plain in by
+    }
 
 
 def table_cells(row: dict) -> dict:
@@ -232,7 +259,10 @@ def readme_section(summary: dict | None) -> list[str]:
         "all linear layers, reference = the adapter-disabled model every step), `qlora` (the same 7B in 4-bit "
         "nf4 via bitsandbytes, 1 prompt x K 4), `full1b` (TinyLlama-1.1B's shape, full fine-tuning, fp32 "
         "master weights + bf16 autocast) and `fsdp2` (the 1.1B under FSDP2 `fully_shard` on a one-process "
-        "group, bf16 `MixedPrecisionPolicy`). Each mode writes `results/gpu_<mode>.json`; the summary is "
+        "group, bf16 `MixedPrecisionPolicy`); then, if the budget leaves time (else skipped), issue 18's "
+        "options on GPU: `lora_shared` (`lora` with prompt sharing, policy and reference) and `full1b_fused` "
+        "(`full1b` with the fused head + loss), each reported as a speed-up over its plain mode (MFU "
+        "counted on the unshared FLOPs). Each mode writes `results/gpu_<mode>.json`; the summary is "
         "`results/gpu_check.json`. MFU counts model FLOPs (6N + 6LdT per token for full, 4N + 6LdT for LoRA, "
         "plus the reference forward inside LoRA steps; recomputation not counted), formula in "
         "`bench_gpu_step.py`. `python benchmarks/bench_gpu_step.py` alone runs the older K = 2 / 4 sweep "
@@ -265,6 +295,9 @@ def readme_section(summary: dict | None) -> list[str]:
     for name, t in summary.get("targets", {}).items():
         verdict = "not judged" if t["met"] is None else ("**met**" if t["met"] else "**not met**")
         out.append(f"- `{name}`: {verdict}" + (f" ({t['value']})" if t["value"] is not None else ""))
+    for name, ratio in summary.get("speedups", {}).items():
+        plain, option = EXTRA[name]
+        out.append(f"- `{name}` (`{plain}` with `{option}`): {ratio:.2f}x faster per step than `{plain}`")
     return out + [""]
 
 
@@ -363,6 +396,7 @@ def main(argv=None) -> int:
         "pytest": pytest_res,
         "rows": rows,
         "targets": overall_targets(rows),
+        "speedups": speedups(rows),
         "errors": errors,
         "ok": not errors,
     }
@@ -370,6 +404,8 @@ def main(argv=None) -> int:
     for name, t in summary["targets"].items():
         verdict = "not judged" if t["met"] is None else ("met" if t["met"] else "NOT met")
         print(f"  target {name}: {verdict} {t['value'] if t['value'] is not None else ''}")
+    for name, ratio in summary["speedups"].items():
+        print(f"  {name}: {ratio:.2f}x the s/step of {EXTRA[name][0]}")
 
     if args.cpu_smoke and args.out is None:
         print("gpu_check: CPU smoke, no result file written (--out DIR to keep them).")

@@ -211,6 +211,32 @@ def section_e2e_model_ref(d: dict | None) -> list[str]:
     ]
 
 
+def section_e2e_v32000(d: dict | None) -> list[str]:
+    """Item 1 at the issue's second shape: V = 32000, ~200-token prompts and responses."""
+    out = ["### 1b. The same at V = 32000 and ~200-token prompts and responses", ""]
+    out += [
+        "`bench_e2e_trl.py --vocab 32000 --min-chars 400 --max-chars 900 --max-length 1024 "
+        "--max-prompt-length 512 --losses sigmoid --repeats 2 --name e2e_trl_v32000` (run by hand, not by "
+        "`make bench`): a 32000-token BPE trained here (the model's head is 32000 x 256), everything else as "
+        "above.",
+        "",
+    ]
+    if d is None:
+        return out + ["_No result yet._", ""]
+    c, ws = d["config"], d["workspace"]
+    out += [
+        f"Settings: {ws['params'] / 1e6:.2f} M parameters, vocabulary {ws['vocab']}; {c['steps']} steps x "
+        f"{c['batch_size']} prompts x {c['grad_accum']} accumulation (mean prompt "
+        f"{ws['bench']['mean_prompt_tokens']:.0f} / response {ws['bench']['mean_response_tokens']:.0f} tokens, "
+        f"{d['tokens_per_step']:.0f} tokens per step); {c['repeats']} repeats, {c['threads']} torch thread(s).",
+        "",
+        _machine_line(d),
+        "",
+    ]
+    out += _e2e_summary_table(d)
+    return out + [""]
+
+
 def section_e2e(d: dict | None) -> list[str]:
     out = ["## 1. End to end: ncakit.scale.train vs TRL 1.16 DPOTrainer", ""]
     out += [
@@ -251,11 +277,11 @@ def section_e2e(d: dict | None) -> list[str]:
         _load_range(d, c["threads"]),
         "",
     ]
-    if str(d.get("machine", {}).get("date", "")) < "2026-12-01 20:00":
+    if str(d.get("machine", {}).get("date", "")) < "2026-12-01 19:30":  # prompt_sharing landed 19:29
         out += [
             "_Taken before `prompt_sharing` existed: the ncakit side ran the unshared forward (today's "
             "default, `auto`, shares the prompt of K = 2 pairs too; item 7: ~1.1x at K = 2). Not re-taken "
-            "yet; nor the issue's second shape (V = 32000, ~200-token sequences)._",
+            "yet._",
             "",
         ]
     out += _e2e_summary_table(d)
@@ -835,6 +861,7 @@ def render_readme() -> str:
         ]
     lines += section_e2e(e2e)
     lines += section_e2e_model_ref(_load("e2e_trl_model_ref"))
+    lines += section_e2e_v32000(_load("e2e_trl_v32000"))
     lines += section_head(head, head_full, head_chunks)
     lines += section_k(k)
     lines += section_toy(toy)

@@ -310,14 +310,24 @@ def test_gpu_check_cpu_smoke_runs_the_whole_flow(tmp_path, capsys):
         "gpu_check.json",
         "gpu_fsdp2.json",
         "gpu_full1b.json",
+        "gpu_full1b_fused.json",
         "gpu_lora.json",
+        "gpu_lora_shared.json",
         "gpu_qlora.json",
     ]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["ok"] and summary["pytest"]["status"] == "passed" and summary["errors"] == []
     rows = {r["mode"]: r for r in summary["rows"]}
     assert "CUDA" in rows["qlora"]["skipped"]
-    for mode in ("lora", "full1b", "fsdp2"):
+    # issue 18's options: the same step-0 loss (policy == reference), reported as speed-ups
+    assert rows["lora_shared"]["prompt_sharing"] is True and rows["lora_shared"]["bench_mode"] == "lora"
+    assert rows["full1b_fused"]["fused_head"] is True and rows["lora"]["prompt_sharing"] is False
+    assert rows["lora_shared"]["targets"]["mfu>=0.40"] is None
+    assert set(summary["speedups"]) == {"lora_shared", "full1b_fused"}
+    assert summary["speedups"]["lora_shared"] == pytest.approx(
+        rows["lora"]["step_s"]["median"] / rows["lora_shared"]["step_s"]["median"]
+    )
+    for mode in ("lora", "full1b", "fsdp2", "lora_shared", "full1b_fused"):
         r = rows[mode]
         assert abs(r["step0_loss"] - TWO_LN2) <= 1e-6, mode
         assert r["targets"]["step0_loss==2ln2"] is True and r["k"] == 4

@@ -1,10 +1,11 @@
 """ncakit.scale.prefix.shared_prompt_logps (each prompt run once, its keys/values reused by its K
 responses) equals the unshared oracle ``batch_logps(model, batch, path="logits")`` in values and
 parameter gradients: Llama (eager and sdpa), Mistral (GQA; its sliding window longer than these
-tiny sequences), Qwen2 (tied embeddings), LoRA adapters, no_grad, ``average=True``, both of its
-paths; on random batches with ragged prompt and response lengths and a masked (padding) response.
-It refuses gradient checkpointing in training mode, a binding sliding window and prompts the K rows
-do not share."""
+tiny sequences), Qwen2 (tied embeddings), LoRA adapters, no_grad, ``average=True``, every path
+(the armed LogprobHead with token statistics, hidden, logits), non-reentrant gradient checkpointing
+in training mode; on random batches with ragged prompt and response lengths and a masked (padding)
+response. It refuses reentrant gradient checkpointing, a binding sliding window and prompts the K
+rows do not share."""
 
 from __future__ import annotations
 

@@ -34,14 +34,17 @@ TOKEN_METRICS = ("entropy", "logits/chosen", "logits/rejected", "mean_token_accu
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    return build_small_kit(tmp_path_factory, "kit-speed")
+    root = build_small_kit(tmp_path_factory, "kit-speed")
+    (root / "ref_cache").mkdir()  # one reference cache for every run of this module
+    return root
 
 
 def run(kit_dir, out, *extra):
     """6 optimizer steps of 4 prompts x K = 4, eval on the kit's 6 held-out prompts at steps 0, 3, 6."""
     argv = small_args(
         kit_dir, out, "--eval_split", "test", "--eval_steps", "3", "--eval_on_start", "true",
-        "--per_device_eval_batch_size", "3", "--save_final", "true", *extra,
+        "--per_device_eval_batch_size", "3", "--save_final", "true",
+        "--ref_cache_dir", str(kit_dir / "ref_cache"), *extra,
     )  # fmt: skip
     result = run_train(argv)
     info = json.loads((out / "run.json").read_text())
@@ -84,7 +87,10 @@ def test_prompt_sharing_equals_the_unshared_run(kit, plain, tmp_path):
     shared, info = run(kit, tmp_path / "shared", "--prompt_sharing", "auto")
     # auto on the tiny kit (Llama, sdpa, K = 4): every forward shares its prompts
     assert info["prompt_sharing"] == {"setting": "auto", "policy": True, "reference": True, "reason": None}
-    assert info["reference"]["train"]["cache_hit"] is False, "its own reference pass (another cache key)"
+    # the shared reference pass is another cache entry than the plain run's (equal to round-off, not
+    # bits), in the same cache folder
+    assert info["reference"]["train"]["cache_hit"] is False
+    assert info["reference"]["train"]["key"] != base_info["reference"]["train"]["key"]
     assert max_log_diff(base.history, shared.history) <= TOL
     for key in TOKEN_METRICS:  # the token metrics come from the shared forward too
         assert any(key in r for r in shared.history), key

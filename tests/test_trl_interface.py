@@ -220,7 +220,18 @@ def test_callbacks_hear_every_event_and_the_logged_lr_is_the_steps_own(kit, tmp_
     losses = [r["loss"] for r in res.history if "loss" in r]
     assert summary["train_loss"] == pytest.approx(sum(losses) / len(losses))
     assert summary["train_runtime"] > 0 and summary["train_steps_per_second"] > 0
+    assert summary["train_steps_per_second"] == pytest.approx(4 / summary["train_runtime"])
+    assert summary["resumed_from_step"] == 0
     assert math.isfinite(summary["train_loss"])
+    # resumed at step 2: this session made 2 steps, not 4 (the steps/s of this session's runtime)
+    run(
+        args(kit, tmp_path / "cb", "--max_steps", "4", "--eval_steps", "2", "--save_steps", "2",
+             "--lr_scheduler_type", "linear", "--warmup_steps", "0", "--warmup_ratio", "0",
+             "--resume_from", str(tmp_path / "cb" / "checkpoint-2"))
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "cb" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 2 and summary["global_step"] == 4
+    assert summary["train_steps_per_second"] == pytest.approx(2 / summary["train_runtime"])
 
 
 def test_a_wrong_callback_fails_before_anything_loads(tmp_path):

@@ -175,6 +175,7 @@ class Run:
     stop_requested: bool = False  # a signal reached some process: checkpoint after this step and stop
     # prompt_sharing resolved (ncakit.scale.prefix.resolve_prompt_sharing): policy / reference / reason
     sharing: dict = field(default_factory=lambda: {"policy": False, "reference": False})
+    start_step: int = 0  # the optimizer step this session started from (a resumed checkpoint's)
 
     def log(self, values: dict, step: int) -> None:
         self.accelerator.log(values, step=step)
@@ -334,12 +335,9 @@ def set_up(cfg: TrainConfig, accelerator=None) -> tuple[Run, Data]:
     data.collate = KResponseCollator(tokenizer.pad_token_id, k=data.k)
     run = Run(cfg, accelerator, model, tokenizer, reference, loss_fn, original=original)
     # the response pass's cache indices reach (longest prompt - 1) + (1 + longest response)
-    run.sharing = resolve_prompt_sharing(
-        cfg.prompt_sharing, model, k=data.k, max_cache_len=cfg.max_prompt_length + cfg.max_length
-    )
+    run.sharing = resolve_prompt_sharing(cfg.prompt_sharing, model, k=data.k, max_cache_len=cfg.max_prompt_length + cfg.max_length)  # fmt: skip
     reference.share_prompt = run.sharing["reference"]
-    if accelerator.is_main_process:
-        logger.info("prompt sharing: %s", run.sharing)
+    logger.info("prompt sharing: %s", run.sharing) if accelerator.is_main_process else None
     run.info = {"config": cfg.to_dict(), "data": data.stats, "k": data.k, "prompt_sharing": run.sharing}
     return run, data
 
@@ -463,9 +461,8 @@ def compute_loss(
     share_prompt: bool = False,
 ) -> tuple[LossOutput, torch.Tensor, torch.Tensor, TokenStats | None]:
     """One batch -> ``(loss output, policy_logps [B, K], ref_logps [B, K], the policy's TokenStats
-    [B, K])`` (no-grad token metrics from the policy's chunks; none from the reference; None under
-    ``fused_loss_head``). ``validate``: the loss's input checks (host syncs; see the module
-    docstring); ``share_prompt``: the policy's forward shares each prompt across its K responses."""
+    [B, K] or None under fused_loss_head)``. ``validate``: the loss's input checks (host syncs);
+    ``share_prompt``: the policy's forward shares each prompt across its K responses."""
     ref_logps = reference.logps(model, batch)
     if cfg.fused_loss_head:
         out, policy = fused_batch_loss(
@@ -678,6 +675,7 @@ def _train(cfg: TrainConfig, accelerator, t_start: float, callbacks) -> TrainRes
         return TrainResult(Path(cfg.output_dir), state, summary={"reference": run.info["reference"]})
     prepare_training(run, data, resume_path)
     state, model, device = run.state, run.model, accelerator.device
+    run.start_step = state.global_step
     evaluating = run.eval_loader is not None and cfg.eval_strategy != "no"
     if cfg.eval_on_start and run.eval_loader is not None and state.global_step == 0:
         run.log(evaluate(run), step=0)
@@ -768,7 +766,9 @@ def finish(run: Run, t_start: float, interrupted: bool) -> TrainResult:
         # the HF Trainer's end-of-run names (train_loss: the mean of the logged windows' losses)
         "train_runtime": runtime,
         "train_loss": sum(losses) / len(losses) if losses else None,
-        "train_steps_per_second": state.global_step / runtime if runtime > 0 else None,
+        # this session's steps (after a resume, not the checkpoint's)
+        "train_steps_per_second": (state.global_step - run.start_step) / runtime if runtime > 0 else None,
+        "resumed_from_step": run.start_step,
         "wall_seconds": runtime,
         "global_step": state.global_step,
         "interrupted": interrupted,
