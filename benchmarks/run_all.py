@@ -223,18 +223,26 @@ def section_e2e_v32000(d: dict | None) -> list[str]:
     ]
     if d is None:
         return out + ["_No result yet._", ""]
-    c, ws = d["config"], d["workspace"]
+    c = d["config"]
     out += [
-        f"Settings: {ws['params'] / 1e6:.2f} M parameters, vocabulary {ws['vocab']}; {c['steps']} steps x "
-        f"{c['batch_size']} prompts x {c['grad_accum']} accumulation (mean prompt "
-        f"{ws['bench']['mean_prompt_tokens']:.0f} / response {ws['bench']['mean_response_tokens']:.0f} tokens, "
-        f"{d['tokens_per_step']:.0f} tokens per step); {c['repeats']} repeats, {c['threads']} torch thread(s).",
+        f"{_e2e_settings(d)}; {c['repeats']} repeats, {c['threads']} torch thread(s).",
         "",
         _machine_line(d),
         "",
     ]
     out += _e2e_summary_table(d)
     return out + [""]
+
+
+def _e2e_settings(d: dict) -> str:
+    """The model, data and step shape of an e2e result, as one sentence (without its end)."""
+    c, ws = d["config"], d["workspace"]
+    return (
+        f"Settings: {ws['params'] / 1e6:.2f} M parameters, vocabulary {ws['vocab']}; {c['steps']} steps x "
+        f"{c['batch_size']} prompts x {c['grad_accum']} accumulation = {ws['bench']['prompts']} prompts "
+        f"(2 sequences each, mean prompt {ws['bench']['mean_prompt_tokens']:.0f} / response "
+        f"{ws['bench']['mean_response_tokens']:.0f} tokens, {d['tokens_per_step']:.0f} tokens per step)"
+    )
 
 
 def section_e2e(d: dict | None) -> list[str]:
@@ -262,12 +270,9 @@ def section_e2e(d: dict | None) -> list[str]:
     ]
     if d is None:
         return out + ["_No result yet: run `python benchmarks/run_all.py --only e2e`._", ""]
-    c, ws = d["config"], d["workspace"]
+    c = d["config"]
     out += [
-        f"Settings: {ws['params'] / 1e6:.2f} M parameters, vocabulary {ws['vocab']}; {c['steps']} steps x "
-        f"{c['batch_size']} prompts x {c['grad_accum']} accumulation = {ws['bench']['prompts']} prompts "
-        f"(2 sequences each, mean prompt {ws['bench']['mean_prompt_tokens']:.0f} / response "
-        f"{ws['bench']['mean_response_tokens']:.0f} tokens, {d['tokens_per_step']:.0f} tokens per step); "
+        f"{_e2e_settings(d)}; "
         f"lr {c['lr']}, reference `{c['reference']}`, {c['repeats']} repeats, {c['threads']} torch "
         "thread(s) on both sides (ncakit's CPU default is 1; TRL's would be every core, which on this shared "
         "2-core machine thrashes when another process runs).",

@@ -312,3 +312,29 @@ def test_gradient_checkpointing_values_and_gradients(family):
         _assert_close_rel(pb.grad, pa.grad, what=name)
     # the flag HF's checkpointed layers read is back to the class's own after the call
     assert "_can_checkpoint_with_cache" not in shared.model.layers[0].__dict__
+
+
+def test_resolve_prompt_sharing_says_why_auto_is_off():
+    """``prompt_sharing: auto`` per run: on where it is tested, off with a reason otherwise; ``true``
+    raises that reason in one line; ``false`` is off."""
+    from ncakit.scale.prefix import resolve_prompt_sharing
+
+    llama = _model("llama", "sdpa")
+    on = resolve_prompt_sharing("auto", llama, k=4, max_cache_len=64)
+    assert on == {"setting": "auto", "policy": True, "reference": True, "reason": None}
+    assert resolve_prompt_sharing(False, llama, k=4, max_cache_len=64)["policy"] is False
+    off = resolve_prompt_sharing("auto", llama, k=1, max_cache_len=64)
+    assert not off["policy"] and not off["reference"] and off["reason"].startswith("K = 1")
+    assert resolve_prompt_sharing(True, llama, k=1, max_cache_len=64)["policy"] is True  # forced
+    llama.config._attn_implementation = "flex_attention"  # untested here: auto is off, true forces it
+    assert (
+        "attention 'flex_attention'" in resolve_prompt_sharing("auto", llama, k=4, max_cache_len=64)["reason"]
+    )
+    mistral = _model("mistral", "eager")  # sliding window 128
+    assert resolve_prompt_sharing("auto", mistral, k=4, max_cache_len=100)["policy"] is True
+    binding = resolve_prompt_sharing("auto", mistral, k=4, max_cache_len=200)
+    assert not binding["reference"] and binding["reason"].startswith("sliding window 128")
+    with pytest.raises(ValueError, match="^prompt_sharing: true, but sliding window 128"):
+        resolve_prompt_sharing(True, mistral, k=4, max_cache_len=200)
+    with pytest.raises(ValueError, match="^prompt_sharing: expected auto, true or false"):
+        resolve_prompt_sharing("yes", mistral, k=4, max_cache_len=10)
