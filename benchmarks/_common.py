@@ -75,6 +75,35 @@ def merge_rounds(parts: list[dict]) -> dict:
     return row
 
 
+def worker_rounds(script: str, variants, vocabs, rounds: int, args: list[str], width: int = 14) -> list[dict]:
+    """Run ``script --worker VARIANT V *args`` in a fresh process for every (variant, V), the whole
+    list ``rounds`` times (a drift in the machine's load hits every variant alike), print each
+    run's median time and peak, and merge each (variant, V)'s rounds (:func:`merge_rounds`). A
+    failed run keeps its last stderr line as an error row."""
+    import subprocess
+
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for rnd in range(rounds):
+        for vocab in vocabs:
+            for variant in variants:
+                cmd = [sys.executable, script, "--worker", variant, str(vocab), *args]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(proc.stderr[-2000:], file=sys.stderr)
+                    runs.setdefault((variant, vocab), []).append(
+                        {"variant": variant, "vocab": vocab, "error": proc.stderr.strip().splitlines()[-1:]}
+                    )
+                    continue
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                runs.setdefault((variant, vocab), []).append(row)
+                print(
+                    f"round {rnd + 1} V={vocab:>6} {variant:<{width}} time median {row['time_s']['median']:7.2f} s   "
+                    f"peak extra {row['peak_extra_mib']:8.0f} MiB",
+                    flush=True,
+                )
+    return [merge_rounds(parts) for parts in runs.values()]
+
+
 def random_llama(vocab: int, hidden: int, layers: int, seed: int = 0, attn: str | None = None):
     """The benchmarks' small Llama (the e2e shape, see ``ncakit.scale.tinylm.tiny_llama``): random
     weights from ``seed``, fp32, 4 heads / 2 KV heads, untied head; ``attn`` picks the attention kernel."""

@@ -37,13 +37,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import merge_rounds, peak_rss_mib, rss_mib, summarize, write_result  # noqa: E402
+from _common import peak_rss_mib, rss_mib, summarize, worker_rounds, write_result  # noqa: E402
 
 VARIANTS = ["naive", "ncakit_head", "fused", "fused_small"]
 K = 2
@@ -177,28 +176,9 @@ def main(argv=None) -> int:
     for v in a.variants:
         _split(v)  # fail before any process starts
     t_start = time.perf_counter()
-    runs: dict[tuple[str, int], list[dict]] = {}
-    for rnd in range(a.rounds):
-        for vocab in a.vocab:
-            for variant in a.variants:
-                cmd = [sys.executable, __file__, "--worker", variant, str(vocab), "--tokens", str(a.tokens)]
-                cmd += ["--response-len", str(a.response_len), "--hidden", str(a.hidden)]
-                cmd += ["--repeats", str(a.repeats), "--threads", str(a.threads)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(proc.stderr[-2000:], file=sys.stderr)
-                    runs.setdefault((variant, vocab), []).append(
-                        {"variant": variant, "vocab": vocab, "error": proc.stderr.strip().splitlines()[-1:]}
-                    )
-                    continue
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
-                runs.setdefault((variant, vocab), []).append(row)
-                print(
-                    f"round {rnd + 1} V={vocab:>6} {variant:<14} time median {row['time_s']['median']:7.2f} s   "
-                    f"peak extra {row['peak_extra_mib']:8.0f} MiB",
-                    flush=True,
-                )
-    rows = [merge_rounds(parts) for parts in runs.values()]
+    args = ["--tokens", str(a.tokens), "--response-len", str(a.response_len), "--hidden", str(a.hidden)]
+    args += ["--repeats", str(a.repeats), "--threads", str(a.threads)]
+    rows = worker_rounds(__file__, a.variants, a.vocab, a.rounds, args)
 
     def find(name, vocab):
         return next(

@@ -32,13 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import merge_rounds, peak_rss_mib, rss_mib, summarize, write_result  # noqa: E402
+from _common import peak_rss_mib, rss_mib, summarize, worker_rounds, write_result  # noqa: E402
 
 VARIANTS = ["naive", "ncakit_logits", "ncakit_hidden", "trl_chunked", "naive_frozen", "ncakit_hidden_frozen"]
 
@@ -161,30 +160,10 @@ def main(argv=None) -> int:
         _split(v)  # fail before any process starts
     for c in a.chunks:
         variants += [f"ncakit_hidden@{c}", f"ncakit_hidden_frozen@{c}"]
-    rows = []
-    # Rounds: the whole list of variants again, so a drift in the machine's load hits every variant
-    # alike (interleaved); each (variant, V) still runs in fresh processes, one per round.
-    runs: dict[tuple[str, int], list[dict]] = {}
-    for rnd in range(a.rounds):
-        for vocab in a.vocab:
-            for variant in variants:
-                cmd = [sys.executable, __file__, "--worker", variant, str(vocab), "--tokens", str(a.tokens)]
-                cmd += ["--hidden", str(a.hidden), "--repeats", str(a.repeats), "--threads", str(a.threads)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(proc.stderr[-2000:], file=sys.stderr)
-                    runs.setdefault((variant, vocab), []).append(
-                        {"variant": variant, "vocab": vocab, "error": proc.stderr.strip().splitlines()[-1:]}
-                    )
-                    continue
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
-                runs.setdefault((variant, vocab), []).append(row)
-                print(
-                    f"round {rnd + 1} V={vocab:>6} {variant:<26} time median {row['time_s']['median']:7.2f} s   "
-                    f"peak extra {row['peak_extra_mib']:8.0f} MiB",
-                    flush=True,
-                )
-    rows = [merge_rounds(parts) for parts in runs.values()]
+    # Rounds: the whole list of variants again, each (variant, V) in a fresh process (_common.worker_rounds)
+    args = ["--tokens", str(a.tokens), "--hidden", str(a.hidden), "--repeats", str(a.repeats)]
+    args += ["--threads", str(a.threads)]
+    rows = worker_rounds(__file__, variants, a.vocab, a.rounds, args, width=26)
     # Ratios against the naive head with the same trainability, and a value check across variants.
     for row in rows:
         if "error" in row:

@@ -49,6 +49,7 @@ __all__ = [
     "rows_hidden",
     "resolve_path",
     "fused_batch_loss",
+    "per_prompt",
     "unwrap_model",
     "find_peft_model",
     "causal_lm",
@@ -445,7 +446,7 @@ def batch_logps(
         ``(seq_logps, stats)``.
     """
     resolve_path(model, path)
-    B, K = _check_batch(batch)
+    _check_batch(batch)
     if share_prompt:
         from ncakit.scale.prefix import shared_prompt_logps  # prefix builds on this module
 
@@ -463,9 +464,16 @@ def batch_logps(
         chunk_size=chunk_size,
         stats=stats,
     )
-    mask = batch["mask"]
-    seq = seq.view(B, K) * mask.to(seq.device)
-    if not stats:
+    return per_prompt(seq, token_stats, batch["mask"])
+
+
+def per_prompt(seq: torch.Tensor, token_stats: TokenStats | None, mask: torch.Tensor):
+    """Per-row results ``[B*K]`` of :func:`rows_logps` as ``[B, K]``, 0 at masked responses: the
+    sequence log-probs, or ``(seq_logps, TokenStats [B, K])`` when ``token_stats`` is given."""
+    B, K = mask.shape
+    mask = mask.to(seq.device)
+    seq = seq.view(B, K) * mask
+    if token_stats is None:
         return seq
     return seq, token_stats.apply(lambda v: v.view(B, K)).masked(mask)
 

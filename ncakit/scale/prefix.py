@@ -64,6 +64,7 @@ from ncakit.scale.forward import (
     causal_lm,
     find_logprob_head,
     model_device,
+    per_prompt,
     resolve_path,
     rows_hidden,
     rows_logps,
@@ -334,6 +335,7 @@ def resolve_prompt_sharing(setting, model, *, k: int, max_cache_len: int) -> dic
 def _response_pass(model, batch, path: str):
     """Run the prompt pass; return the split and the response pass's keyword arguments (with the
     expanded cache), and the resolved path."""
+    path = resolve_path(model, path)  # a bad path fails before the split
     device = model_device(model)
     sp = split_prompt_responses(batch, device)
     K = sp.k
@@ -342,7 +344,6 @@ def _response_pass(model, batch, path: str):
     reason = check_sharable(model, Tq + Tr)
     if reason is not None:
         raise ValueError(f"model: {reason}; use batch_logps without share_prompt")
-    path = resolve_path(model, path)
     kwargs = dict(position_ids=sp.response_positions, use_cache=True)
     if Tq == 0:  # every prompt is one token: nothing to cache
         return sp, dict(kwargs, attention_mask=sp.response_attention), path, None, contextlib.nullcontext()
@@ -417,9 +418,6 @@ def shared_prompt_logps(
     Returns:
         ``[B, K]`` float32; with ``stats=True``, ``(seq_logps, TokenStats [B, K])``.
     """
-    if path not in ("auto", "head", "hidden", "logits"):
-        raise ValueError(f"path: expected 'auto', 'head', 'hidden' or 'logits', got {path!r}")
-    B, K = batch["mask"].shape
     sp, kwargs, path, anchor, through = _response_pass(model, batch, path)
     with through:
         seq, token_stats = rows_logps(
@@ -435,11 +433,7 @@ def shared_prompt_logps(
         )
     if anchor is not None and torch.is_grad_enabled():
         seq = seq + 0.0 * anchor.float().sum()
-    mask = batch["mask"].to(seq.device)
-    seq = seq.view(B, K) * mask
-    if not stats:
-        return seq
-    return seq, token_stats.apply(lambda v: v.view(B, K)).masked(mask)
+    return per_prompt(seq, token_stats, batch["mask"])
 
 
 def shared_prompt_hidden(model, batch: Mapping[str, torch.Tensor]):
