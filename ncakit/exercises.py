@@ -47,6 +47,8 @@ __all__ = [
     "Case",
     "NotImplementedYet",
     "call_student",
+    "attempt",
+    "NO_RESULT",
     "grade",
     "check_soft_labels",
     "check_infonca",
@@ -148,6 +150,31 @@ def call_student(fn: Callable, args: tuple, kwargs: dict):
     if out is None:
         raise NotImplementedYet
     return out
+
+
+#: what :func:`attempt` returns when the student's function did not give a result
+NO_RESULT = object()
+
+
+def attempt(
+    name: str, fn: Callable, args: tuple, kwargs: dict, *, case: str | None = None, hint_line: bool = False
+):
+    """The student's ``fn(*args, **kwargs)`` (:func:`call_student`), or :data:`NO_RESULT` after printing
+    why: not implemented yet (with the first hint), or the exception it raised (on ``case``, and the
+    hint command with ``hint_line``) -- reported, never raised."""
+    try:
+        return call_student(fn, args, kwargs)
+    except NotImplementedYet:
+        print(f"… {name}: not implemented yet (your function returned None).")
+        hint(name, 1)
+    except Exception as e:  # the student's bug
+        print(
+            f"✗ {name}: your function raised {type(e).__name__}: {e}"
+            + (f"\n  on the case '{case}'." if case else "")
+        )
+        if hint_line:
+            print(f"  For a hint: hint({name!r}, 1)")
+    return NO_RESULT
 
 
 def _fresh(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -253,15 +280,8 @@ def grade(
     when several match), else the generic ones, else ``extra(case, got)``, else the case's note."""
     worst = 0.0
     for i, case in enumerate(cases):
-        try:
-            raw = call_student(fn, *_fresh(case.args, case.kwargs))
-        except NotImplementedYet:
-            print(f"… {name}: not implemented yet (your function returned None).")
-            hint(name, 1)
-            return False
-        except Exception as e:  # the student's bug, reported, never raised
-            print(f"✗ {name}: your function raised {type(e).__name__}: {e}\n  on the case '{case.label}'.")
-            print(f"  For a hint: hint({name!r}, 1)")
+        raw = attempt(name, fn, *_fresh(case.args, case.kwargs), case=case.label, hint_line=True)
+        if raw is NO_RESULT:
             return False
         got, want = _as_tensor(raw), case.want
         problem = None

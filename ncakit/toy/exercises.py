@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ncakit.exercises import (
+    NO_RESULT,
     Case,
-    NotImplementedYet,
-    call_student,
+    attempt,
     check_infonca,
     check_infonca_grad,
     check_nca,
@@ -33,7 +33,6 @@ from ncakit.exercises import (
     check_nca_optimum,
     check_soft_labels,
     grade,
-    hint,
 )
 from ncakit.toy.bandit import make_bandit
 from ncakit.toy.trainer import BanditTrainConfig, Setting, train_bandits
@@ -158,14 +157,8 @@ def check_pairs_to_k(fn: Callable) -> bool:
     "rewards"}`` by the rules of :func:`pairs_to_k_oracle` (pure Python, no ``datasets``)."""
     for label, rows, note in _PAIR_CASES:
         want = pairs_to_k_oracle(rows)
-        try:
-            got = call_student(fn, ([dict(r) for r in rows],), {})
-        except NotImplementedYet:
-            print("… pairs_to_k: not implemented yet (your function returned None).")
-            hint("pairs_to_k", 1)
-            return False
-        except Exception as e:
-            print(f"✗ pairs_to_k: your function raised {type(e).__name__}: {e}\n  on the case '{label}'.")
+        got = attempt("pairs_to_k", fn, ([dict(r) for r in rows],), {}, case=label)
+        if got is NO_RESULT:
             return False
         problem = _diagnose_rows(got, want)
         if problem:
@@ -187,14 +180,8 @@ def check_bandit_setting(fn: Callable, *, steps: int = 400, seeds=range(2)) -> b
     """Exercise ``bandit_setting``: ``fn() -> ncakit.toy.trainer.Setting`` in which, after ``steps`` full-batch
     Adam steps, InfoNCA's mean chosen log-ratio (MATH.md, "What a toy bandit needs") has FALLEN below −0.5
     nats while NCA's stays above −0.5 (on average over the seeds). About a second on one core."""
-    try:
-        setting = call_student(fn, (), {})
-    except NotImplementedYet:
-        print("… bandit_setting: not implemented yet (your function returned None).")
-        hint("bandit_setting", 1)
-        return False
-    except Exception as e:
-        print(f"✗ bandit_setting: your function raised {type(e).__name__}: {e}")
+    setting = attempt("bandit_setting", fn, (), {})
+    if setting is NO_RESULT:
         return False
     if not isinstance(setting, Setting):
         print(f"✗ bandit_setting: expected a ncakit.toy.trainer.Setting, got {type(setting).__name__}.")
