@@ -16,11 +16,13 @@ from ncakit.scale.data.load import disk_error
 from ncakit.scale.train import main
 
 
-def wait_for_the_others(seconds: float = 10.0) -> None:
+def wait_for_the_others(seconds: float = 60.0) -> None:
     """In a multi-process CPU (gloo) launch, wait up to ``seconds`` for the other processes to reach
     this point too: an error raised on every process (e.g. the output folder's lock, broadcast by the
     main process) is then printed by every process before the first exit makes the launcher
-    terminate the rest. A process that never comes (its own, other error) only costs the timeout."""
+    terminate the rest. A process that never comes (its own, other error) only costs the timeout,
+    after its error is printed. 60 s, not less: with 10 s, one CI run on a loaded 2-core machine lost
+    the second process's line (a 15 s lag injected on rank 1 reproduces it: the launcher SIGTERMs it)."""
     try:
         import torch.distributed as dist
 
