@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from ncakit.losses import LossOutput  # noqa: E402
 from ncakit.scale import checkpoint as ckptmod  # noqa: E402
+from ncakit.scale import prepare as prepmod  # noqa: E402
 from ncakit.scale import train as trainmod  # noqa: E402
 from ncakit.scale.runlock import LOCK_FILE, RunLock  # noqa: E402
 
@@ -107,7 +108,7 @@ def test_fresh_run_into_a_used_folder_stops_before_loading_and_overwrite_starts_
         raise AssertionError("no model may be loaded before the output-folder check")
 
     with monkeypatch.context() as m:
-        m.setattr(trainmod, "load_model", no_model)
+        m.setattr(prepmod, "load_model", no_model)
         with pytest.raises(
             ValueError, match=r"^output_dir: .* holds another run \(checkpoint-2, metrics.jsonl"
         ) as e:
@@ -156,7 +157,7 @@ def test_lock_fails_fast_on_a_live_holder_takes_over_a_stale_one_and_is_released
     def boom(*a, **k):
         raise RuntimeError("injected failure while loading the model")
 
-    monkeypatch.setattr(trainmod, "load_model", boom)
+    monkeypatch.setattr(prepmod, "load_model", boom)
     with pytest.raises(RuntimeError, match="injected failure"):
         run(args(kit, tmp_path / "err", "--max_steps", "1"))
     assert not (tmp_path / "err" / LOCK_FILE).exists(), "released when the run raises"
@@ -268,7 +269,7 @@ def test_a_deliberate_change_is_allowed_logged_and_recorded(kit, two_step_ckpt, 
 
 def _nan_at(monkeypatch, steps: set[int]):
     """The loss of the given optimizer steps (1-based; one micro-batch per step, no eval) becomes NaN."""
-    real_get_loss = trainmod.get_loss
+    real_get_loss = prepmod.get_loss
     calls = {"n": 0}
 
     def get_loss(name):
@@ -283,7 +284,7 @@ def _nan_at(monkeypatch, steps: set[int]):
 
         return poisoned
 
-    monkeypatch.setattr(trainmod, "get_loss", get_loss)
+    monkeypatch.setattr(prepmod, "get_loss", get_loss)
 
 
 def test_nonfinite_stop_updates_nothing_saves_nothing_and_keeps_the_last_checkpoint(
@@ -577,7 +578,7 @@ def test_a_tampered_checkpoint_is_refused_and_its_payload_never_runs(
     def no_model(*a, **k):
         raise AssertionError("a tampered checkpoint is refused before the model is loaded")
 
-    monkeypatch.setattr(trainmod, "load_model", no_model)
+    monkeypatch.setattr(prepmod, "load_model", no_model)
     with pytest.raises(ValueError, match=rf"^resume_from: .*{target}") as e:
         run(args(kit, out, "--max_steps", "4", "--resume_from", "latest"))
     assert "\n" not in str(e.value)
@@ -639,7 +640,7 @@ def _no_data(*args, **kwargs):
 def test_fsdp_requested_but_not_active_stops_before_any_data(kit, tmp_path, monkeypatch):
     """Reason: accelerate silently drops FSDP on CPU; the run went on as a plain one-process run."""
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    monkeypatch.setattr(trainmod, "prepare_data", _no_data)
+    monkeypatch.setattr(prepmod, "prepare_data", _no_data)
     with pytest.raises(
         ValueError, match=r"^accelerate config: FSDP was requested \(ACCELERATE_USE_FSDP=true\) but"
     ):
@@ -649,7 +650,7 @@ def test_fsdp_requested_but_not_active_stops_before_any_data(kit, tmp_path, monk
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal off CUDA")
 def test_qlora_without_cuda_stops_before_any_data(kit, tmp_path, monkeypatch):
     """Reason: QLoRA without CUDA was refused only after all data was tokenized."""
-    monkeypatch.setattr(trainmod, "prepare_data", _no_data)
+    monkeypatch.setattr(prepmod, "prepare_data", _no_data)
     with pytest.raises(ValueError, match=r"^load_in_4bit: QLoRA .* needs a CUDA GPU; this run is on cpu"):
         run(args(kit, tmp_path / "qlora", "--max_steps", "2", "--use_peft", "true", "--load_in_4bit", "true"))
 
@@ -702,7 +703,7 @@ def test_independent_processes_sharing_an_output_dir_stop_before_any_data(kit, t
     """Reason: ``--multi_gpu`` on CPU (or torchrun without ACCELERATE_USE_CPU) started N processes that
     accelerate ran as N independent one-process runs, all writing the same output folder."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(trainmod, "prepare_data", _no_data)
+    monkeypatch.setattr(prepmod, "prepare_data", _no_data)
     with pytest.raises(
         ValueError,
         match=r"^WORLD_SIZE: the launcher started 2 processes but accelerate runs each as a 1-process NO run",

@@ -28,6 +28,7 @@ datasets = pytest.importorskip("datasets")
 import torch  # noqa: E402
 
 from ncakit.scale import model as modelmod  # noqa: E402
+from ncakit.scale import prepare as prepmod  # noqa: E402
 from ncakit.scale import train as trainmod  # noqa: E402
 from ncakit.scale.tinylm import ensure_tiny_kit  # noqa: E402
 
@@ -416,7 +417,7 @@ def test_pairwise_loss_on_k4_data_fails_before_loading_the_model(small_kit, tmp_
     def no_model(*a, **k):
         raise AssertionError("the model must not be loaded before the data check")
 
-    monkeypatch.setattr(trainmod, "load_model", no_model)
+    monkeypatch.setattr(prepmod, "load_model", no_model)
     with pytest.raises(
         ValueError, match=r"^loss: 'dpo' is pairwise and needs K = 2 data.*\{4: 24\}.*pairwise_from_k"
     ):

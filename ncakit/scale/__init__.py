@@ -8,7 +8,8 @@ FSDP2, ZeRO-3). ``scale/train.py`` and ``scale/generate.py`` are its entry point
 ``forward``        the policy's ``[B, K]`` log-probs: ``LogprobHead``, :func:`batch_logps`
 ``reference``      the reference, chosen once: precomputed (cached), adapter disabled, or a frozen copy
 ``refcache``       the reference cache on disk: its key (sharding-proof identity), checked file, atomic writes
-``train``          the training loop (set-up, one step, evaluation) behind ``scale/train.py``
+``train``          the training loop (one step, evaluation, saving) behind ``scale/train.py``
+``prepare``        the set-up before the loop: tiny kit, data, model, reference, optimizer, loaders
 ``tracking``       TRL-named metrics over a logging window, ``metrics.jsonl``
 ``stepcheck``      the once-per-step check: no non-finite step reaches the weights; stop signals
 ``checkpoint``     atomic checkpoints, safe resume, final model, following the launcher's signals
