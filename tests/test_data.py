@@ -478,6 +478,33 @@ def test_authors_truncation_keeps_last_prompt_tokens_and_cuts_responses(plain_to
     assert len(fill["prompt_ids"]) + len(fill["response_ids"][0]) == 40
 
 
+@pytest.mark.parametrize(
+    "n_prompt, longest, budget_mode, expected",
+    [
+        (300, 300, "authors", (300, None)),  # 600 <= 1024: nothing cut
+        (600, 300, "authors", (600, None)),  # a long prompt stays when the pair fits (the authors' condition)
+        (
+            600,
+            600,
+            "authors",
+            (512, 512),
+        ),  # prompt to its last 512, still 1112 > 1024: responses to 1024 - 512
+        (700, 400, "authors", (512, None)),  # 512 + 400 fits after the prompt's cut
+        (100, 2000, "authors", (100, 512)),  # a short prompt: the authors' budget ignores the room it leaves
+        (100, 2000, "fill", (100, 924)),  # "fill" uses it: 1024 - 100
+    ],
+)
+def test_truncation_cut_is_the_authors_rule(n_prompt, longest, budget_mode, expected):
+    """The one rule both tokenisers apply (ncakit.scale.data.authors.truncation_cut; MATH.md), at
+    max_length 1024 / max_prompt_length 512, the authors' settings."""
+    from ncakit.scale.data.authors import truncation_cut
+
+    got = truncation_cut(
+        n_prompt, longest, max_length=1024, max_prompt_length=512, response_budget=budget_mode
+    )
+    assert got == expected
+
+
 def test_truncation_with_chat_template_keeps_the_generation_prompt(tok):
     p_text, _ = _ids(tok, 60)
     r_text, r_ids = _ids(tok, 40, start=2)

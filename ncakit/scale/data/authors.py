@@ -64,7 +64,7 @@ from collections.abc import Mapping
 from ncakit.scale.data.drops import ExampleError, Reason
 from ncakit.scale.data.schemas import drop_empty_responses, from_canonical
 
-__all__ = ["ASSISTANT_PREFIX", "authors_texts", "tokenize_authors_example"]
+__all__ = ["ASSISTANT_PREFIX", "authors_texts", "tokenize_authors_example", "truncation_cut"]
 
 # data_utils.py:246: apply_chat_template(..., assistant_prefix="<|assistant|>\n")
 ASSISTANT_PREFIX = "<|assistant|>\n"
@@ -120,6 +120,23 @@ def _tokens(tokenizer, text: str, eos: int | None) -> tuple[list[int], list[int]
     return ids, [0 if t == eos else 1 for t in ids]
 
 
+def truncation_cut(
+    n_prompt: int, longest: int, *, max_length: int, max_prompt_length: int, response_budget: str = "authors"
+) -> tuple[int, int | None]:
+    """The authors' truncation rule (``data_utils.py:129-144``; MATH.md) as a plan: ``(prompt tokens
+    kept, response budget)``. When the prompt plus the longest response exceed ``max_length``, the
+    prompt keeps its LAST ``max_prompt_length`` tokens (if longer); if they still exceed it, every
+    response is cut to the budget: ``max_length - max_prompt_length`` (``"authors"``) or what the kept
+    prompt leaves (``"fill"``); ``None`` when nothing is cut. Both tokenisers apply it (the plain one
+    to ids, the authors' rendering to ids and attention alike)."""
+    kept = n_prompt
+    if n_prompt + longest > max_length and n_prompt > max_prompt_length:
+        kept = max_prompt_length
+    if kept + longest <= max_length:
+        return kept, None
+    return kept, (max_length - max_prompt_length if response_budget == "authors" else max_length - kept)
+
+
 def tokenize_authors_example(
     example: Mapping,
     tokenizer,
@@ -152,11 +169,12 @@ def tokenize_authors_example(
         r_att.append([*att, 1])
     longest = max(len(r) for r in r_ids)  # :129 (the appended EOS counted)
     n_prompt = len(p_ids)
-    if n_prompt + longest > max_length:  # :131-135, keep_end
-        p_ids, p_att = p_ids[-max_prompt_length:], p_att[-max_prompt_length:]
+    kept, budget = truncation_cut(
+        n_prompt, longest, max_length=max_length, max_prompt_length=max_prompt_length
+    )
+    p_ids, p_att = p_ids[n_prompt - kept :], p_att[n_prompt - kept :]  # :131-135, keep_end
     n_cut = 0
-    if len(p_ids) + longest > max_length:  # :140-144
-        budget = max_length - max_prompt_length
+    if budget is not None:  # :140-144
         n_cut = sum(len(r) > budget for r in r_ids)
         r_ids = [r[:budget] for r in r_ids]
         r_att = [a[:budget] for a in r_att]

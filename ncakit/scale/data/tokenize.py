@@ -23,7 +23,7 @@ from typing import Any
 import datasets
 import pyarrow.compute as pc
 
-from ncakit.scale.data.authors import tokenize_authors_example
+from ncakit.scale.data.authors import tokenize_authors_example, truncation_cut
 from ncakit.scale.data.drops import (
     DataStats,
     ExampleError,
@@ -304,15 +304,18 @@ def tokenize_k_example(
         ex = {**ex, "rewards": kept_rewards}
 
     longest = max(len(r) for r in response_ids)
-    prompt_truncated = False
-    if len(prompt_ids) + longest > max_length and len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[-max_prompt_length:]  # keep the end: the question is usually last
-        prompt_truncated = True
+    n_prompt = len(prompt_ids)
+    kept, budget = truncation_cut(
+        n_prompt,
+        longest,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        response_budget=response_budget,
+    )
+    prompt_ids = prompt_ids[n_prompt - kept :]  # keep the end: the question is usually last
+    prompt_truncated = kept < n_prompt
     n_cut = 0
-    if len(prompt_ids) + longest > max_length:
-        budget = (
-            max_length - max_prompt_length if response_budget == "authors" else max_length - len(prompt_ids)
-        )
+    if budget is not None:
         n_cut = sum(len(r) > budget for r in response_ids)
         response_ids = [r[:budget] for r in response_ids]
 
