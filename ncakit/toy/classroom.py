@@ -170,20 +170,7 @@ def _draw_policy(ax, heights, mu, seen, chosen, best, color, floor):
     ax.set_yscale("log")
     ax.set_ylim(floor, 1.5)
     tr = ax.get_xaxis_transform()  # x in data, y in axes coordinates: markers just under the axis
-    ax.scatter(
-        x[seen], np.full(seen.sum(), -0.04), marker="^", s=34, color="black", clip_on=False, transform=tr
-    )
-    ax.scatter(
-        [best],
-        [-0.04],
-        marker="*",
-        s=190,
-        color="gold",
-        edgecolor="black",
-        clip_on=False,
-        zorder=5,
-        transform=tr,
-    )
+    _mark_seen_and_best(ax, x[seen], best, -0.04, seen_size=34, transform=tr)
     ax.set_xticks([])
     ax.set_xlabel("responses, sorted by true reward →", labelpad=18)
     ax.grid(False)
@@ -191,16 +178,30 @@ def _draw_policy(ax, heights, mu, seen, chosen, best, color, floor):
     return bars
 
 
+def _mark_seen_and_best(ax, x_seen, best, y, *, seen_size, **kw):
+    """Under the bars: a black triangle at each response seen in the data, a gold star at the best
+    seen one (``kw``: e.g. ``transform``)."""
+    ax.scatter(x_seen, np.full(len(x_seen), y), marker="^", s=seen_size, color="black", clip_on=False, **kw)
+    ax.scatter([best], [y], marker="*", s=190, color="gold", edgecolor="black", clip_on=False, zorder=5, **kw)
+
+
+def _seen_and_best_handles(star_size):
+    """The legend entries of :func:`_mark_seen_and_best`'s markers."""
+    return [
+        Line2D([], [], marker="^", color="black", linestyle="", label="seen in the data"),
+        Line2D(
+            [], [], marker="*", markersize=star_size, color="gold", markeredgecolor="black", linestyle="",
+            label="best seen",
+        ),
+    ]  # fmt: skip
+
+
 def _policy_legend(ax, fontsize=12):
     ax.legend(
         handles=[
             Line2D([], [], color=REFERENCE_COLOR, linewidth=2.0, label="μ (reference)"),
             Patch(facecolor="white", edgecolor=_CHOSEN_EDGE, linewidth=2.2, label="chosen in the data"),
-            Line2D([], [], marker="^", color="black", linestyle="", label="seen in the data"),
-            Line2D(
-                [], [], marker="*", markersize=13, color="gold", markeredgecolor="black", linestyle="",
-                label="best seen",
-            ),
+            *_seen_and_best_handles(star_size=13),
         ],
         loc="upper left",
         frameon=True,
@@ -363,19 +364,7 @@ def plot_bandit(bandit, *, seed_index: int = 0, prompt: int = 0) -> Figure:
         x = np.arange(N)
         ax1.bar(x, mu, color=colors, edgecolor=[c[:3] for c in colors], linewidth=0.8)
         ymax = mu.max() * 1.12
-        ax1.scatter(
-            x[seen], np.full(seen.sum(), -0.035 * ymax), marker="^", s=30, color="black", clip_on=False
-        )
-        ax1.scatter(
-            [best],
-            [-0.035 * ymax],
-            marker="*",
-            s=190,
-            color="gold",
-            edgecolor="black",
-            clip_on=False,
-            zorder=5,
-        )
+        _mark_seen_and_best(ax1, x[seen], best, -0.035 * ymax, seen_size=30)
         ax1.set_ylim(0, ymax)
         ax1.set_xticks([])
         ax1.set_xlabel("responses, sorted by true reward →", labelpad=16)
@@ -387,11 +376,7 @@ def plot_bandit(bandit, *, seed_index: int = 0, prompt: int = 0) -> Figure:
         )
         ax1.legend(
             handles=[
-                Line2D([], [], marker="^", color="black", linestyle="", label="seen in the data"),
-                Line2D(
-                    [], [], marker="*", markersize=14, color="gold", markeredgecolor="black", linestyle="",
-                    label="best seen",
-                ),
+                *_seen_and_best_handles(star_size=14),
                 Patch(facecolor=(*cmap(0.5)[:3], 0.3), label="never seen"),
             ],
             loc="upper left", frameon=False, fontsize=12,
