@@ -107,10 +107,11 @@ bench: $(VENV)/.stamp-all
 gpu-check: $(VENV)/.stamp-all
 	$(PY) benchmarks/gpu_check.py
 
-# Re-resolve the pins (keeps torch on the CPU wheel).
+# Re-resolve the pins (keeps torch on the CPU wheel and the file's header comments, its date updated).
 constraints: | $(PY)
 	$(PIP) install -q "torch==2.13.0" && $(PIP) install -q -e ".[all,browser]" && DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation deepspeed
-	$(PIP) freeze --exclude-editable | grep -v "^ncakit" | sed "s/+cpu//" > constraints.txt.new && mv constraints.txt.new constraints.txt
+	{ grep "^#" constraints.txt | sed "s/(CPU) on [0-9-]*\./(CPU) on $$(date +%F)./"; \
+	  $(PIP) freeze --exclude-editable | grep -v "^ncakit" | sed "s/+cpu//"; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache
