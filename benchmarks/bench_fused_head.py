@@ -10,7 +10,7 @@ forward + backward.
 
 Size: the defaults (2048 tokens, hidden 256) finish in about 2 minutes on 2 CPU cores. The issue's
 targets (<= 1.0x naive time at <= 0.12x naive memory, V = 32000 and 128256) were set at its
-prototype's size, ``--tokens 8192 --hidden 1024`` (``run_all.py --only fused_issue``, ~11 minutes
+prototype's size, ``--tokens 8192 --hidden 1024`` (``run_all.py --only fused_issue``, ~7 minutes
 here, ~12 GiB for the naive head at V = 128256), and the result records them for the ``fused``
 variant. The memory ratio depends on the size: the default chunk is a fixed 128 MiB logits block
 (``ncakit.fused.fused_chunk_tokens``) while the naive head's [tokens, V] blocks grow with the tokens,

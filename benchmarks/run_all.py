@@ -56,14 +56,14 @@ ITEMS = {
     "toy": ["bench_toy.py"],
 }
 # Longer items, outside `make bench`'s 15 minutes: `run_all.py --only fused sharing` (or --with-extra);
-# the *_issue ones at the sizes issue 18 set its targets at (its prototypes': ~11 and ~8 minutes here)
+# the *_issue ones at the sizes issue 18 set its targets at (its prototypes': ~7 and ~15 minutes here)
 EXTRA_ITEMS = {
     "fused": ["bench_fused_head.py"],
     "sharing": ["bench_prompt_sharing.py"],
     "fused_issue": ["bench_fused_head.py", "--tokens", "8192", "--hidden", "1024",
                     "--variants", "naive", "ncakit_head", "fused", "--name", "fused_head_issue"],
     "sharing_issue": ["bench_prompt_sharing.py", "--hidden", "512", "--layers", "8", "--ks", "4", "8",
-                      "--units", "step", "--repeats", "3", "--name", "prompt_sharing_issue"],
+                      "--repeats", "5", "--name", "prompt_sharing_issue"],
 }  # fmt: skip
 ALL_ITEMS = {**ITEMS, **EXTRA_ITEMS}
 
@@ -795,7 +795,7 @@ def section_fused(d: dict | None, at_issue: dict | None = None) -> list[str]:
         "`ncakit.fused.fused_head_loss`, the loss computed inside the head a chunk of prompts at a time, "
         "grad_hidden and grad_weight formed in the forward (3 matmuls per token instead of 4). Two sizes: "
         "the default (2048 tokens, hidden 256, about 2 minutes) and the issue's, where its targets were "
-        "set (8192 tokens, hidden 1024: `run_all.py --only fused_issue`, about 11 minutes). The default "
+        "set (8192 tokens, hidden 1024: `run_all.py --only fused_issue`, about 7 minutes). The default "
         "chunk is a fixed 128 MiB logits block, so its share of the naive head's memory shrinks as the "
         "tokens grow: the memory ratio at 2048 tokens is not the one at 8192.",
         "",
@@ -847,8 +847,8 @@ def section_sharing(d: dict | None, at_issue: dict | None = None) -> list[str]:
         "optimizer step as `scale/train.py` runs it (NCA loss, backward, clipping, AdamW); unit `fwdbwd`: "
         "the log-probs' forward and backward only. Repeats alternate the two, the speed-up is the median "
         "of each repeat's unshared / shared time. Two sizes: the default (hidden 256, 4 layers, about 4 "
-        "minutes) and the issue's, where its targets were set (hidden 512, 8 layers, unit `step`: "
-        "`run_all.py --only sharing_issue`, about 8 minutes). Sharing saves decoder work on the prompt's "
+        "minutes) and the issue's, where its targets were set (hidden 512, 8 layers, K = 4 and 8: "
+        "`run_all.py --only sharing_issue`, about 15 minutes). Sharing saves decoder work on the prompt's "
         "tokens only; the LM head (vocabulary 8192 here) runs on the K * R response tokens in both, so the "
         "smaller the decoder against the head, the smaller the speed-up.",
         "",
