@@ -53,6 +53,11 @@ def test_cli_value_forms():
         (["--max_steps", "2.5"], TypeError, r"^max_steps: expected int, got str '2.5'"),
         (["--use_peft", "maybe"], TypeError, r"^use_peft: expected bool"),
         (
+            ["--prompt_sharing", "maybe"],
+            TypeError,
+            r"^prompt_sharing: expected one of 'auto' or bool, got str 'maybe'; allowed values: \['auto', True, False\]$",
+        ),
+        (
             ["--reference", "frozen"],
             TypeError,
             r"^reference: expected one of 'precompute', 'adapter', 'model'.*allowed values: \['precompute', 'adapter', 'model'\]",

@@ -70,12 +70,15 @@ def _type_name(tp) -> str:
 
 
 def _allowed(tp) -> str:
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
     args = []
-    for a in typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,):
+    for a in typing.get_args(tp) if union else (tp,):
         if typing.get_origin(a) is Literal:
             args += list(typing.get_args(a))
         elif a is type(None):
             args.append(None)
+        elif a is bool and union:  # e.g. prompt_sharing: auto | true | false lists all three
+            args += [True, False]
     return f"; allowed values: {args}" if args else ""
 
 
