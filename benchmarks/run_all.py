@@ -775,8 +775,10 @@ def _fused_table(d: dict) -> list[str]:
         out += ["", "Targets (the issue's: `fused`, its default chunk, against `naive`):", ""]
         for t in d["targets"]:
             state = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
-            got = "" if t["met"] is None else (
-                f", measured {t['time_vs_naive']:.2f}x time at {t['memory_vs_naive']:.3f}x memory"
+            got = (
+                ""
+                if t["met"] is None
+                else (f", measured {t['time_vs_naive']:.2f}x time at {t['memory_vs_naive']:.3f}x memory")
             )
             out.append(
                 f"- V = {t['vocab']}: <= {t['time_vs_naive_max']}x naive time at <= {t['memory_vs_naive_max']}x "
