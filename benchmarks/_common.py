@@ -50,6 +50,12 @@ def machine_info() -> dict:
     return info
 
 
+def target_state(met: bool | None, not_met: str = "NOT met") -> str:
+    """A target's verdict as the benchmarks print it: ``not measured`` / ``met`` / ``not_met``
+    (``"**not met**"`` in the README)."""
+    return "not measured" if met is None else ("met" if met else not_met)
+
+
 def summarize(times: list[float]) -> dict:
     return {
         "min": min(times),

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mib, rss_mib, summarize, worker_rounds, write_result  # noqa: E402
+from _common import peak_rss_mib, rss_mib, summarize, target_state, worker_rounds, write_result  # noqa: E402
 
 VARIANTS = ["naive", "ncakit_head", "fused", "fused_small"]
 K = 2
@@ -215,16 +215,20 @@ def main(argv=None) -> int:
         )
     targets = []
     for vocab in a.vocab:
-        row = find("fused", vocab)
-        got = None if row is None else (row.get("time_vs_naive"), row.get("memory_vs_naive"))
-        met = None if got is None or None in got else bool(got[0] <= TARGET[0] and got[1] <= TARGET[1])
+        row = find("fused", vocab) or {}
+        time_ratio, memory_ratio = row.get("time_vs_naive"), row.get("memory_vs_naive")
+        met = (
+            None
+            if None in (time_ratio, memory_ratio)
+            else time_ratio <= TARGET[0] and memory_ratio <= TARGET[1]
+        )
         targets.append(
             {"vocab": vocab, "time_vs_naive_max": TARGET[0], "memory_vs_naive_max": TARGET[1],
-             "time_vs_naive": None if got is None else got[0],
-             "memory_vs_naive": None if got is None else got[1], "met": met}
+             "time_vs_naive": time_ratio, "memory_vs_naive": memory_ratio, "met": met}
         )  # fmt: skip
-        state = "not measured" if met is None else ("met" if met else "NOT met")
-        print(f"target V={vocab}: fused <= {TARGET[0]}x naive time at <= {TARGET[1]}x naive memory: {state}")
+        print(
+            f"target V={vocab}: fused <= {TARGET[0]}x naive time at <= {TARGET[1]}x naive memory: {target_state(met)}"
+        )
     loads = [x for r in rows for x in r.get("load_avg_before_after", [])]
     write_result(
         a.name,

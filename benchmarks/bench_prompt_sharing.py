@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_info, random_llama, summarize  # noqa: E402
+from _common import RESULTS, machine_info, random_llama, summarize, target_state  # noqa: E402
 
 TARGETS = [  # (prompt, response, K, minimum speed-up) from the issue
     (150, 300, 4, 1.15),
@@ -222,9 +222,11 @@ def main(argv=None) -> int:
             }
         )
     for t in targets:
-        state = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
         sp = "-" if t["speedup"] is None else f"{t['speedup']:.2f}x"
-        print(f"target P={t['prompt_len']} R={t['response_len']} K={t['k']} >= {t['target']}x: {sp} {state}")
+        print(
+            f"target P={t['prompt_len']} R={t['response_len']} K={t['k']} >= {t['target']}x: {sp} "
+            f"{target_state(t['met'])}"
+        )
     machine = machine_info()
     payload = {
         "benchmark": a.name,

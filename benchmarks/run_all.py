@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
 sys.path.insert(0, str(HERE))
-from _common import machine_info  # noqa: E402
+from _common import machine_info, target_state  # noqa: E402
 
 ITEMS = {
     "e2e": ["bench_e2e_trl.py", "--repeats", "3", "--steps", "10", "--profile"],
@@ -751,6 +751,18 @@ def section_gpu(check: dict | None, d: dict | None) -> list[str]:
     return out + [""]
 
 
+def _two_sizes(d: dict | None, at_issue: dict | None, table, script: str) -> list[str]:
+    """Items 6 and 7: ``table`` of the default-size result, then of the issue's size, each titled;
+    a no-result line when there is neither."""
+    if d is None and at_issue is None:
+        return [f"_No result yet: run `python benchmarks/{script}`._", ""]
+    out = []
+    for title, res in (("Default size", d), ("The issue's size", at_issue)):
+        if res is not None:
+            out += [f"**{title}.**", ""] + table(res)
+    return out
+
+
 def _fused_table(d: dict) -> list[str]:
     c = d["config"]
     out = [
@@ -774,7 +786,6 @@ def _fused_table(d: dict) -> list[str]:
     if d.get("targets"):
         out += ["", "Targets (the issue's: `fused`, its default chunk, against `naive`):", ""]
         for t in d["targets"]:
-            state = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
             got = (
                 ""
                 if t["met"] is None
@@ -782,7 +793,7 @@ def _fused_table(d: dict) -> list[str]:
             )
             out.append(
                 f"- V = {t['vocab']}: <= {t['time_vs_naive_max']}x naive time at <= {t['memory_vs_naive_max']}x "
-                f"naive memory{got}: {state}"
+                f"naive memory{got}: {target_state(t['met'], '**not met**')}"
             )
     return out + [""]
 
@@ -802,12 +813,7 @@ def section_fused(d: dict | None, at_issue: dict | None = None) -> list[str]:
         "tokens grow: the memory ratio at 2048 tokens is not the one at 8192.",
         "",
     ]
-    if d is None and at_issue is None:
-        return out + ["_No result yet: run `python benchmarks/bench_fused_head.py`._", ""]
-    for title, res in (("Default size", d), ("The issue's size", at_issue)):
-        if res is not None:
-            out += [f"**{title}.**", ""] + _fused_table(res)
-    return out
+    return out + _two_sizes(d, at_issue, _fused_table, "bench_fused_head.py")
 
 
 def _sharing_table(d: dict) -> list[str]:
@@ -830,11 +836,10 @@ def _sharing_table(d: dict) -> list[str]:
         )
     out += ["", "Targets (the issue's, optimizer steps per second as ratios on this CPU):", ""]
     for t in d.get("targets", []):
-        state = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
         got = "" if t["speedup"] is None else f", measured {t['speedup']:.3f}x"
         out.append(
             f"- P = {t['prompt_len']}, R = {t['response_len']}, K = {t['k']} (unit {t.get('unit', 'fwdbwd')}): "
-            f">= {t['target']}x{got}: {state}"
+            f">= {t['target']}x{got}: {target_state(t['met'], '**not met**')}"
         )
     return out + [""]
 
@@ -855,12 +860,7 @@ def section_sharing(d: dict | None, at_issue: dict | None = None) -> list[str]:
         "smaller the decoder against the head, the smaller the speed-up.",
         "",
     ]
-    if d is None and at_issue is None:
-        return out + ["_No result yet: run `python benchmarks/bench_prompt_sharing.py`._", ""]
-    for title, res in (("Default size", d), ("The issue's size", at_issue)):
-        if res is not None:
-            out += [f"**{title}.**", ""] + _sharing_table(res)
-    return out
+    return out + _two_sizes(d, at_issue, _sharing_table, "bench_prompt_sharing.py")
 
 
 def render_readme() -> str:
