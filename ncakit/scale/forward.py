@@ -50,6 +50,7 @@ __all__ = [
     "resolve_path",
     "fused_batch_loss",
     "per_prompt",
+    "check_batch",
     "unwrap_model",
     "find_peft_model",
     "causal_lm",
@@ -349,9 +350,7 @@ def rows_logps(
         return seq, token_stats
     if path == "hidden":
         lm = causal_lm(model)
-        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kw)
-        hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
-        weight = lm.get_output_embeddings().weight
+        hidden, weight = _decoder_hidden(lm, input_ids, attention_mask, kw)
         seq = sequence_logps_from_hidden(
             hidden.to(weight.dtype), weight, labels, average=average, chunk_size=chunk_size, stats=stats
         )
@@ -362,6 +361,13 @@ def rows_logps(
     if stats:
         seq, token_stats = seq
     return seq.float(), token_stats
+
+
+def _decoder_hidden(lm, input_ids, attention_mask, kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's last hidden states ``[N, T, H]`` (no LM head) and the LM head's weight."""
+    out = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kw)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden, lm.get_output_embeddings().weight
 
 
 def rows_hidden(
@@ -384,15 +390,15 @@ def rows_hidden(
             f"linear LM head (no DDP / FSDP / DeepSpeed wrapper), got {type(model).__name__}"
         )
     kw = {"use_cache": False, **(model_kwargs or {})}
-    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kw)
-    hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
-    weight = lm.get_output_embeddings().weight
+    hidden, weight = _decoder_hidden(lm, input_ids, attention_mask, kw)
     targets = labels.to(hidden.device)[:, 1:]
     seq, pos = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
     return hidden[:, :-1][seq, pos].to(weight.dtype), targets[seq, pos], seq, weight
 
 
-def _check_batch(batch: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+def check_batch(batch: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """``(B, K)`` of a :class:`ncakit.scale.data.KResponseCollator` batch, after checking that its
+    keys are there and that it holds B*K rows; ValueError naming the key otherwise."""
     for key in ("input_ids", "attention_mask", "labels", "mask"):
         if key not in batch:
             raise ValueError(f"{key}: missing from batch (use ncakit.scale.data.KResponseCollator)")
@@ -446,7 +452,7 @@ def batch_logps(
         ``(seq_logps, stats)``.
     """
     resolve_path(model, path)
-    _check_batch(batch)
+    check_batch(batch)
     if share_prompt:
         from ncakit.scale.prefix import shared_prompt_logps  # prefix builds on this module
 
@@ -497,7 +503,7 @@ def fused_batch_loss(
     no token statistics. Unwrapped models only (single process)."""
     from ncakit.fused import fused_head_loss
 
-    _check_batch(batch)
+    check_batch(batch)
     if share_prompt:
         from ncakit.scale.prefix import shared_prompt_hidden  # prefix builds on this module
 

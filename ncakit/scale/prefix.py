@@ -62,6 +62,7 @@ from ncakit.logprobs import IGNORE_INDEX
 from ncakit.scale.forward import (
     HIDDEN_PATH_MODEL_TYPES,
     causal_lm,
+    check_batch,
     find_logprob_head,
     model_device,
     per_prompt,
@@ -108,19 +109,15 @@ class PromptSplit:
 def split_prompt_responses(batch: Mapping[str, torch.Tensor], device=None) -> PromptSplit:
     """Split a :class:`ncakit.scale.data.KResponseCollator` batch into prompt heads and response rows
     (see the module docstring). Raises ValueError when the K rows of a prompt disagree on it."""
-    for key in ("input_ids", "attention_mask", "labels", "mask"):
-        if key not in batch:
-            raise ValueError(f"{key}: missing from batch (use ncakit.scale.data.KResponseCollator)")
-    mask = batch["mask"]
-    B, K = mask.shape
+    B, K = check_batch(batch)
     input_ids = batch["input_ids"].to(device)
     attention = batch["attention_mask"].to(device)
     labels = batch["labels"].to(device)
     N, T = input_ids.shape
-    if N != B * K or labels.shape != (N, T) or attention.shape != (N, T):
+    if labels.shape != (N, T) or attention.shape != (N, T):  # check_batch checked N = B*K
         raise ValueError(
             f"input_ids: expected [B*K, T] = [{B * K}, T] rows (with labels/attention_mask alike) for "
-            f"mask of shape {list(mask.shape)}, got {list(input_ids.shape)}"
+            f"mask of shape {list(batch['mask'].shape)}, got {list(input_ids.shape)}"
         )
     dev = input_ids.device
     has = labels != IGNORE_INDEX
